@@ -1,0 +1,65 @@
+"""Name -> builder registries for datasets, models and methods.
+
+Filled by decorators (``@register_dataset("openclipart")``) and read by the CLIs
+(``--dataset``, ``--method``). An unknown name raises ``KeyError`` listing the
+registered names (CONVENTIONS.md §3.2 item 4).
+"""
+
+_REGISTRIES = {"dataset": {}, "method": {}}
+
+
+def _register(kind, name):
+    def deco(obj):
+        table = _REGISTRIES[kind]
+        if name in table and table[name] is not obj:
+            raise ValueError(f"{kind} {name!r} is already registered")
+        table[name] = obj
+        return obj
+    return deco
+
+
+def _lookup(kind, name):
+    table = _REGISTRIES[kind]
+    if name not in table:
+        raise KeyError(f"unknown {kind} {name!r}; registered: {sorted(table)}")
+    return table[name]
+
+
+def register_dataset(name):
+    """Class decorator registering a dataset adapter under ``name``."""
+    return _register("dataset", name)
+
+
+def get_dataset(name):
+    """Return the adapter class registered as ``name``.
+
+    Raises:
+        KeyError: listing the registered dataset names.
+    """
+    import mll_tf.data.datasets  # noqa: F401  (fills the registry)
+    return _lookup("dataset", name)
+
+
+def dataset_names():
+    import mll_tf.data.datasets  # noqa: F401
+    return sorted(_REGISTRIES["dataset"])
+
+
+def register_method(name):
+    """Decorator registering a training method (see ``mll_tf.training``)."""
+    return _register("method", name)
+
+
+def get_method(name):
+    """Return the training method registered as ``name``.
+
+    Raises:
+        KeyError: listing the registered method names.
+    """
+    import mll_tf.training.methods  # noqa: F401
+    return _lookup("method", name)
+
+
+def method_names():
+    import mll_tf.training.methods  # noqa: F401
+    return sorted(_REGISTRIES["method"])
