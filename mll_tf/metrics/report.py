@@ -1,0 +1,70 @@
+"""ZSL / GZSL / seen reports: mAP and micro top-K P/R/F1 in one place.
+
+Protocol (METHODS.md §1.6, §6.3, §6.4): AP per class over known labels
+(variant (a), a class without a positive scores 0 and stays in the mean);
+P/R/F1@K micro over all images. GZSL columns are [unseen, seen].
+"""
+
+import numpy as np
+
+from mll_tf.metrics.average_precision import average_precision_masked
+from mll_tf.metrics.top_k import top_k_precision_recall_f1
+
+
+def multilabel_report(scores, labels, ks=(3, 5)):
+    """mAP and P/R/F1@K of one score matrix.
+
+    Args:
+        scores: float ``[N, C]``.
+        labels: int ``[N, C]`` in {1, 0, -1}.
+        ks: iterable of int K.
+
+    Returns:
+        (summary, ap): summary dict with ``mAP`` and ``P@K``/``R@K``/``F1@K``
+        (fractions in [0, 1]) and ``num_images``/``num_labels``; ``ap`` is the
+        float64 ``[C]`` per-class AP.
+    """
+    scores = np.asarray(scores, np.float32)
+    labels = np.asarray(labels)
+    ap = average_precision_masked(scores, labels)
+    out = {"mAP": float(np.mean(ap)) if ap.size else float("nan"),
+           "num_images": int(scores.shape[0]), "num_labels": int(scores.shape[1])}
+    for k in ks:
+        if k > scores.shape[1]:
+            continue
+        p, r, f = top_k_precision_recall_f1(scores, labels, k)
+        out.update({f"P@{k}": float(p), f"R@{k}": float(r), f"F1@{k}": float(f)})
+    return out, ap
+
+
+def zsl_gzsl_report(gzsl_scores, gzsl_labels, num_unseen, ks=(3, 5)):
+    """Reports for ZSL (unseen columns), GZSL (all) and seen-only columns.
+
+    Args:
+        gzsl_scores: float ``[N, U + S]``, unseen columns first.
+        gzsl_labels: int ``[N, U + S]`` in {1, 0, -1}, same order.
+        num_unseen: int U.
+
+    Returns:
+        (summary, ap): ``summary`` = {"zsl": {...}, "gzsl": {...}, "seen": {...}};
+        ``ap`` = float64 ``[U + S]`` per-class AP (identical for an unseen class
+        in ZSL and GZSL, since AP is per class).
+    """
+    u = int(num_unseen)
+    zsl, _ = multilabel_report(gzsl_scores[:, :u], gzsl_labels[:, :u], ks)
+    gzsl, ap = multilabel_report(gzsl_scores, gzsl_labels, ks)
+    seen, _ = multilabel_report(gzsl_scores[:, u:], gzsl_labels[:, u:], ks)
+    return {"zsl": zsl, "gzsl": gzsl, "seen": seen}, ap
+
+
+def format_table(summary, ks=(3, 5), title=None):
+    """Plain-text table of a ``zsl_gzsl_report`` summary (values in percent)."""
+    cols = ["mAP"] + [f"{m}@{k}" for k in ks for m in ("P", "R", "F1")]
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append(f"{'setting':<8}{'labels':>7}" + "".join(f"{c:>8}" for c in cols))
+    for name, row in summary.items():
+        vals = "".join(f"{100 * row[c]:8.2f}" if c in row else f"{'-':>8}" for c in cols)
+        lines.append(f"{name:<8}{row['num_labels']:>7}" + vals)
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Training: experiment configs, zero-shot label splits, distributed loops."""
