@@ -1,0 +1,366 @@
+"""Read PyTorch ``.pth`` state dicts into NumPy without importing torch.
+
+A ``.pth`` file is a pickle, and unpickling runs whatever callables the file
+names. :func:`load_torch_state_dict` therefore never calls plain
+``pickle.load``: it uses :class:`_RestrictedUnpickler`, whose ``find_class``
+resolves only the handful of globals that a tensor state dict needs
+(``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2``,
+``torch._utils._rebuild_parameter`` and the ``torch.*Storage`` type names),
+each mapped to a small NumPy stand-in defined here. Every other global is
+refused with :class:`UnsafePickleError` before anything is called.
+
+Two container formats are supported:
+
+* the legacy format (``torch.save(..., _use_new_zipfile_serialization=False)``,
+  the default before PyTorch 1.6): five concatenated pickles / blobs
+  — magic number, protocol version, system info, the pickled object, the
+  list of storage keys — followed by the raw storages in the order of that
+  list, each preceded by its element count as an 8-byte integer;
+* the zip format (PyTorch >= 1.6): ``<archive>/data.pkl`` plus one raw file
+  ``<archive>/data/<key>`` per storage.
+
+Format reference: ``torch/serialization.py`` (``_legacy_save``, ``_load``)
+and ``torch/_utils.py`` (``_rebuild_tensor_v2``) in PyTorch.
+"""
+import collections
+import functools
+import io
+import os
+import pickle
+import struct
+import zipfile
+
+import numpy as np
+
+__all__ = ["UnsafePickleError", "load_torch_state_dict"]
+
+# Legacy-format constants from torch/serialization.py.
+_LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL_VERSION = 1001
+
+# torch storage type name -> NumPy dtype (little-endian element layout).
+# BFloat16 has no NumPy dtype: it is read as uint16 and widened to float32.
+_STORAGE_DTYPES = {
+    "DoubleStorage": np.dtype("<f8"),
+    "FloatStorage": np.dtype("<f4"),
+    "HalfStorage": np.dtype("<f2"),
+    "BFloat16Storage": np.dtype("<u2"),
+    "LongStorage": np.dtype("<i8"),
+    "IntStorage": np.dtype("<i4"),
+    "ShortStorage": np.dtype("<i2"),
+    "CharStorage": np.dtype("i1"),
+    "ByteStorage": np.dtype("u1"),
+    "BoolStorage": np.dtype("?"),
+    "ComplexFloatStorage": np.dtype("<c8"),
+    "ComplexDoubleStorage": np.dtype("<c16"),
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle asked for a global that a tensor state dict does not need.
+
+    Raised by :func:`load_torch_state_dict` before the global is resolved or
+    called, so the payload of a malicious file never runs. The message names
+    the refused ``module.name`` and the file.
+    """
+
+
+class _StorageType:
+    """Stand-in for a ``torch.<X>Storage`` class: only carries a dtype."""
+
+    def __init__(self, name):
+        self.name = name
+        self.dtype = _STORAGE_DTYPES[name]
+
+    def __repr__(self):
+        return f"_StorageType({self.name})"
+
+
+class _StorageRef:
+    """A storage named by a persistent id; its bytes are bound later."""
+
+    def __init__(self, storage_type, key, numel):
+        self.storage_type = storage_type
+        self.key = key
+        self.numel = numel
+
+
+class _LazyTensor:
+    """Arguments of ``_rebuild_tensor_v2``, materialised once storages load."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage = storage
+        self.offset = offset
+        self.size = size
+        self.stride = stride
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, *unused):
+    """NumPy stand-in for ``torch._utils._rebuild_tensor_v2``.
+
+    ``*unused`` absorbs ``requires_grad``, ``backward_hooks`` and (PyTorch
+    >= 1.13) ``metadata``.
+    """
+    if not isinstance(storage, _StorageRef):
+        raise pickle.UnpicklingError(
+            "_rebuild_tensor_v2 expects a storage persistent id, got "
+            f"{type(storage).__name__}")
+    return _LazyTensor(storage, storage_offset, tuple(size), tuple(stride))
+
+
+def _rebuild_parameter(data, *unused):
+    """NumPy stand-in for ``torch._utils._rebuild_parameter[_with_state]``."""
+    return data
+
+
+_ALLOWED_FUNCTIONS = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals of a tensor state dict."""
+
+    def __init__(self, file, filename):
+        super().__init__(file)
+        self.filename = filename
+        self.storages = {}
+
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED_FUNCTIONS:
+            # A fresh wrapper per lookup, so that a BUILD opcode aimed at the
+            # returned object cannot alter this module's functions.
+            return functools.partial(_ALLOWED_FUNCTIONS[(module, name)])
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        raise UnsafePickleError(
+            f"refusing to load global '{module}.{name}' from "
+            f"'{self.filename}': only tensor state dicts are allowed "
+            "(collections.OrderedDict, torch._utils._rebuild_tensor_v2, "
+            "torch.*Storage)")
+
+    def persistent_load(self, pid):
+        # pid = ('storage', storage_type, key, location, numel[, view_meta])
+        if (not isinstance(pid, tuple) or len(pid) < 5
+                or pid[0] != "storage"):
+            raise pickle.UnpicklingError(
+                f"unsupported persistent id {pid!r} in '{self.filename}'")
+        storage_type, key, _, numel = pid[1:5]
+        if not isinstance(storage_type, _StorageType):
+            raise pickle.UnpicklingError(
+                f"persistent id {pid!r} in '{self.filename}' does not name "
+                "a torch storage type")
+        if len(pid) > 5 and pid[5] is not None:
+            raise ValueError(
+                f"'{self.filename}': storage views (pre-0.4 PyTorch files) "
+                "are not supported")
+        if not isinstance(numel, int) or numel < 0:
+            raise pickle.UnpicklingError(
+                f"invalid storage size {numel!r} in '{self.filename}'")
+        key = str(key)
+        ref = self.storages.get(key)
+        if ref is None:
+            ref = _StorageRef(storage_type, key, int(numel))
+            self.storages[key] = ref
+        return ref
+
+
+def _unpickle(file, filename):
+    """Run the restricted unpickler; return (object, storages)."""
+    unpickler = _RestrictedUnpickler(file, filename)
+    return unpickler.load(), unpickler.storages
+
+
+def _materialise(obj, arrays, filename):
+    """Replace every _LazyTensor inside ``obj`` by an owning np.ndarray."""
+    if isinstance(obj, _LazyTensor):
+        if not isinstance(obj.storage, _StorageRef) or \
+                obj.storage.key not in arrays:
+            raise ValueError(f"'{filename}': tensor without a storage")
+        return _tensor_to_array(obj, arrays[obj.storage.key], filename)
+    if isinstance(obj, collections.OrderedDict):
+        return collections.OrderedDict(
+            (k, _materialise(v, arrays, filename)) for k, v in obj.items())
+    if isinstance(obj, dict):
+        return {k: _materialise(v, arrays, filename) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_materialise(v, arrays, filename) for v in obj)
+    return obj
+
+
+def _tensor_to_array(tensor, storage, filename):
+    """Copy a (possibly strided, offset) view of ``storage`` into an array."""
+    size, stride, offset = tensor.size, tensor.stride, tensor.offset
+    if not (isinstance(size, tuple) and isinstance(stride, tuple)
+            and all(type(v) is int for v in size + stride + (offset,))):
+        raise ValueError(
+            f"'{filename}': invalid tensor geometry size={size!r} "
+            f"stride={stride!r} offset={offset!r}")
+    if (len(size) != len(stride) or any(s < 0 for s in size)
+            or any(s < 0 for s in stride) or offset < 0):
+        raise ValueError(
+            f"'{filename}': invalid tensor geometry size={size} "
+            f"stride={stride} offset={offset}")
+    is_bf16 = tensor.storage.storage_type.name == "BFloat16Storage"
+    native = storage.dtype.newbyteorder("=")
+    if 0 in size:
+        return np.zeros(size, dtype=np.float32 if is_bf16 else native)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= storage.size:
+        raise ValueError(
+            f"'{filename}': tensor (size={size}, stride={stride}, "
+            f"offset={offset}) reads past the end of its storage of "
+            f"{storage.size} elements")
+    view = np.lib.stride_tricks.as_strided(
+        storage[offset:], shape=size,
+        strides=tuple(s * storage.itemsize for s in stride), writeable=False)
+    array = np.array(view, dtype=native, order="C", copy=True)
+    if is_bf16:
+        array = (array.astype(np.uint32) << 16).view(np.float32)
+    return array
+
+
+def _storage_dtype(ref, little_endian):
+    dtype = ref.storage_type.dtype
+    return dtype if little_endian else dtype.newbyteorder(">")
+
+
+def _load_legacy(f, filename):
+    """Read the legacy (pre-1.6, non-zip) torch.save format."""
+    magic, _ = _unpickle(f, filename)
+    if magic != _LEGACY_MAGIC_NUMBER:
+        raise ValueError(
+            f"'{filename}' is not a PyTorch file (bad magic number)")
+    protocol, _ = _unpickle(f, filename)
+    if protocol != _LEGACY_PROTOCOL_VERSION:
+        raise ValueError(
+            f"'{filename}': unsupported legacy protocol version {protocol!r}")
+    sys_info, _ = _unpickle(f, filename)
+    little_endian = True
+    if isinstance(sys_info, dict):
+        little_endian = bool(sys_info.get("little_endian", True))
+    obj, storages = _unpickle(f, filename)
+    keys, _ = _unpickle(f, filename)
+    if not isinstance(keys, list):
+        raise ValueError(f"'{filename}': storage key list is missing")
+    count_fmt = "<q" if little_endian else ">q"
+    arrays = {}
+    for key in keys:
+        key = str(key)
+        ref = storages.get(key)
+        if ref is None:
+            raise ValueError(
+                f"'{filename}': storage '{key}' is not used by any tensor")
+        header = f.read(8)
+        if len(header) != 8:
+            raise ValueError(
+                f"'{filename}' is truncated: missing the size of storage "
+                f"'{key}'")
+        (numel,) = struct.unpack(count_fmt, header)
+        if numel != ref.numel:
+            raise ValueError(
+                f"'{filename}' is corrupt: storage '{key}' has {numel} "
+                f"elements, the pickle says {ref.numel}")
+        dtype = _storage_dtype(ref, little_endian)
+        nbytes = numel * dtype.itemsize
+        data = f.read(nbytes)
+        if len(data) != nbytes:
+            raise ValueError(
+                f"'{filename}' is truncated: storage '{key}' needs {nbytes} "
+                f"bytes, {len(data)} remain")
+        arrays[key] = np.frombuffer(data, dtype=dtype)
+    missing = set(storages) - set(arrays)
+    if missing:
+        raise ValueError(
+            f"'{filename}' is corrupt: storages {sorted(missing)} have no "
+            "data")
+    return obj, arrays
+
+
+def _load_zip(path, filename):
+    """Read the zip-based torch.save format (PyTorch >= 1.6)."""
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        pkl = [n for n in names if n.endswith("data.pkl")
+               and n.count("/") == 1]
+        if len(pkl) != 1:
+            raise ValueError(
+                f"'{filename}' is a zip file but not a PyTorch archive "
+                "(no '<archive>/data.pkl')")
+        prefix = pkl[0][:-len("data.pkl")]
+        little_endian = True
+        if prefix + "byteorder" in names:
+            little_endian = archive.read(prefix + "byteorder") != b"big"
+        obj, storages = _unpickle(io.BytesIO(archive.read(pkl[0])), filename)
+        arrays = {}
+        for key, ref in storages.items():
+            member = f"{prefix}data/{key}"
+            if member not in names:
+                raise ValueError(
+                    f"'{filename}' is corrupt: missing '{member}'")
+            dtype = _storage_dtype(ref, little_endian)
+            data = archive.read(member)
+            if len(data) < ref.numel * dtype.itemsize:
+                raise ValueError(
+                    f"'{filename}' is truncated: '{member}' holds "
+                    f"{len(data)} bytes, needs {ref.numel * dtype.itemsize}")
+            arrays[key] = np.frombuffer(
+                data, dtype=dtype, count=ref.numel)
+    return obj, arrays
+
+
+def load_torch_state_dict(path):
+    """Load a PyTorch ``.pth`` state dict as NumPy arrays, without torch.
+
+    The file is unpickled by a restricted unpickler that resolves only
+    ``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2``,
+    ``torch._utils._rebuild_parameter[_with_state]`` and the
+    ``torch.<Type>Storage`` names, each mapped to a NumPy stand-in; no code
+    named by the file is ever run. Tensors are copied out of their storages
+    honouring ``storage_offset`` and ``stride``, so the arrays are
+    C-contiguous and own their memory.
+
+    Args:
+        path: str or os.PathLike. A file written by ``torch.save`` in the
+            legacy format (PyTorch < 1.6, or
+            ``_use_new_zipfile_serialization=False``) or the zip format.
+
+    Returns:
+        ``collections.OrderedDict[str, np.ndarray]``: parameter and buffer
+        names to arrays with the tensors' shapes, in file order. dtypes
+        follow the storages (``FloatStorage`` -> float32, ``LongStorage`` ->
+        int64, ...; ``BFloat16Storage`` is widened to float32). Nested
+        containers (e.g. ``{"state_dict": ...}``) are returned with tensors
+        replaced by arrays.
+
+    Raises:
+        UnsafePickleError: the pickle names any other global (e.g.
+            ``os.system``, ``builtins.eval``, an ``nn.Module`` class); the
+            message names ``module.name`` and the file.
+        ValueError: the file is truncated or corrupt, is not a PyTorch file,
+            or does not hold a mapping at the top level; the message names
+            the file.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    path = os.fspath(path)
+    try:
+        if zipfile.is_zipfile(path):
+            obj, arrays = _load_zip(path, path)
+        else:
+            with open(path, "rb") as f:
+                obj, arrays = _load_legacy(f, path)
+        if not isinstance(obj, dict):
+            raise ValueError(
+                f"'{path}' holds a {type(obj).__name__}, not a state dict")
+        return _materialise(collections.OrderedDict(obj), arrays, path)
+    except (UnsafePickleError, ValueError):
+        raise
+    except (EOFError, pickle.UnpicklingError, struct.error,
+            zipfile.BadZipFile, TypeError, AttributeError, IndexError,
+            KeyError, OverflowError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"'{path}' is truncated or corrupt, or not a PyTorch state dict "
+            f"file: {type(e).__name__}: {e}") from e
