@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Extract backbone feature maps of a dataset into ZLIB TFRecords.
+
+    python extract/build_tfrecords.py --dataset openclipart --backbone efficientnet_lite0
+
+writes ``<out-dir>/<dataset>/<backbone>_<size>/<split>/`` with ZLIB shards and a
+``manifest.json`` per split (schema: ``mll_tf/data/schema.py``). Re-running the
+same command after an interruption resumes: complete shards are kept and only
+the missing images are processed.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="dataset adapter name (e.g. openclipart)")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="backbone name (default: %(default)s)")
+    p.add_argument("--weights", default="imagenet",
+                   help="'imagenet' (the pretrained weights the backbone ships with), 'none', or a weights file")
+    p.add_argument("--input-size", type=int, default=224, help="square input size in pixels (default: %(default)s)")
+    p.add_argument("--data-root", default=None, help="dataset root folder (default: the adapter's)")
+    p.add_argument("--out-dir", default="data/features", help="feature store root (default: %(default)s)")
+    p.add_argument("--splits", default=None, help="comma-separated splits (default: all of the adapter's)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes (0: decode inline)")
+    p.add_argument("--feature-dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--compression-level", type=int, default=1, help="ZLIB level 0-9 (default: %(default)s)")
+    p.add_argument("--max-shard-mb", type=float, default=64.0, help="uncompressed bytes per shard, MiB")
+    p.add_argument("--min-count", type=int, default=None, help="openclipart: min train images per tag")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split (smoke tests)")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing store for these splits")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def store_dir(out_dir, dataset, backbone, input_size):
+    """Folder of one dataset's features: ``<out>/<dataset>/<backbone>_<size>``."""
+    return os.path.join(out_dir, dataset.replace(":", "_").replace("/", "_"), f"{backbone}_{input_size}")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from mll_tf.registry import get_dataset
+    from mll_tf.backbones import build_backbone
+    from mll_tf.data.extraction import FeatureFunction, extract_records
+    from mll_tf.data.feature_store import FeatureStoreWriter, Manifest
+
+    adapter_cls = get_dataset(args.dataset)
+    kwargs = {}
+    if args.data_root:
+        kwargs["root"] = args.data_root
+    if args.min_count is not None:
+        kwargs["min_count"] = args.min_count
+    prepared = adapter_cls(**kwargs).prepare()
+    splits = args.splits.split(",") if args.splits else list(prepared.splits)
+    for s in splits:
+        if s not in prepared.splits:
+            raise SystemExit(f"--splits: {args.dataset} has no split {s!r} (has {sorted(prepared.splits)})")
+
+    weights = None if args.weights.lower() == "none" else args.weights
+    backbone = build_backbone(args.backbone, weights=weights, input_size=args.input_size)
+    h, w, d = backbone.feature_shape
+    feature_fn = FeatureFunction(backbone.model, args.batch_size)
+    root = store_dir(args.out_dir, args.dataset, args.backbone, args.input_size)
+    print(f"{args.dataset}: {len(prepared.label_names)} labels; backbone {backbone.name} "
+          f"({backbone.weights}); feature map {h}x{w}x{d}; writing {root}")
+    for split in splits:
+        records = prepared.splits[split]
+        if args.limit:
+            records = records[:args.limit]
+        manifest = Manifest(
+            dataset=args.dataset, split=split, backbone=backbone.name, weights=backbone.weights,
+            input_size=[args.input_size, args.input_size],
+            preprocessing=f"{prepared.preprocessing}; backbone: {backbone.preprocessing}",
+            feature_shape=[h * w, d], feature_grid=[h, w], feature_dtype=args.feature_dtype,
+            label_names=list(prepared.label_names), extra_label_names={},
+            compression_level=args.compression_level, extra=dict(prepared.extra))
+        split_dir = os.path.join(root, split)
+        with FeatureStoreWriter(split_dir, manifest, max_shard_bytes=int(args.max_shard_mb * 2**20),
+                                compression_level=args.compression_level,
+                                overwrite=args.overwrite) as writer:
+            for item in prepared.skipped.get(split, []):
+                if item["image_id"] not in writer.done_ids:
+                    writer.skip(item["image_id"], item["reason"])
+            stats = extract_records(records, prepared.load_image, args.input_size, feature_fn, writer,
+                                    num_workers=args.workers, progress=not args.no_progress, desc=split)
+        final = writer.manifest
+        rate = stats.get("written", 0) / max(stats["seconds"], 1e-9)
+        print(f"[{split}] {final.num_examples} examples in {len(final.shards)} shards, "
+              f"{len(final.skipped)} skipped, {stats.get('already_done', 0)} resumed; "
+              f"{rate:.1f} img/s this run -> {split_dir}")
+        for item in final.skipped[:5]:
+            print(f"    skipped {item['image_id']}: {item['reason']}")
+        if len(final.skipped) > 5:
+            print(f"    ... {len(final.skipped) - 5} more in {split_dir}/manifest.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
