@@ -16,3 +16,25 @@ try:
         _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 except RuntimeError:  # devices already initialised by another plugin
     pass
+
+import pytest  # noqa: E402
+
+_STRATEGIES = {}
+
+
+def two_cpu_strategy():
+    """The process-wide 2-CPU-replica MirroredStrategy.
+
+    One instance is shared by all tests: separate MirroredStrategy objects over
+    the same devices restart the collective instance keys, and TF then aborts
+    with "Shape mismatch in the collective instance" when their all-reduces
+    differ.
+    """
+    if "two" not in _STRATEGIES:
+        _STRATEGIES["two"] = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    return _STRATEGIES["two"]
+
+
+@pytest.fixture
+def strategy2():
+    return two_cpu_strategy()

@@ -34,7 +34,7 @@ def make_clipart_tree(root, n=48, broken=True):
     """Write a tiny openclipart-like tree; returns the list of written paths.
 
     With ``broken``: one empty file, one malformed XML file, one drawing that
-    cairosvg cannot render (unsupported ``width="100%"`` at the root) and one
+    cairosvg cannot render (``fill-opacity:100%``) and one
     byte-identical duplicate under another category.
     """
     paths = []
@@ -52,7 +52,8 @@ def make_clipart_tree(root, n=48, broken=True):
         with open(os.path.join(root, "broken", "malformed.svg"), "w") as f:
             f.write("<svg><metadata><unclosed></svg")
         with open(os.path.join(root, "broken", "norender.svg"), "w") as f:
-            f.write(svg(["cat", "animal"], 999).replace('width="40"', 'width="100%"'))
+            # cairosvg cannot parse a percentage opacity (as in several real openclipart files)
+            f.write(svg(["cat", "animal"], 999).replace('fill="#203040"', 'style="fill-opacity:100%"'))
         os.makedirs(os.path.join(root, "zcopy"), exist_ok=True)
         with open(paths[0]) as src, open(os.path.join(root, "zcopy", "dup.svg"), "w") as dst:
             dst.write(src.read())

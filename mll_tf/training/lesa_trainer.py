@@ -88,10 +88,9 @@ def predict_logits(model, dataset, label_vectors=None):
     """Scores of every example: float32 ``[N, C]`` and labels int8 ``[N, C]``."""
     vecs = None if label_vectors is None else tf.constant(label_vectors, tf.float32)
 
-    @tf.function
-    def fwd(f):
-        return model(f, training=False, label_embeddings=vecs)["logits"]
-
+    spec = dataset.element_spec[0]
+    fwd = tf.function(lambda f: model(f, training=False, label_embeddings=vecs)["logits"],
+                      input_signature=[tf.TensorSpec([None] + spec.shape[1:].as_list(), spec.dtype)])
     scores, labels = [], []
     for f, y in dataset:
         scores.append(fwd(f).numpy())
@@ -222,7 +221,7 @@ def train_lesa(cfg, resume=False, progress=True):
                 with writer.as_default(step=step):
                     for k, v in terms.items():
                         tf.summary.scalar(f"loss/{k}", v)
-                    tf.summary.scalar("lr", float(optimizer.learning_rate))
+                    tf.summary.scalar("lr", float(tf.convert_to_tensor(optimizer.learning_rate)))
             bar.update(i + 1, [("loss", terms["total"]), ("rank", terms["ranking"])])
         seconds = time.perf_counter() - t0
         n_steps = i + 1

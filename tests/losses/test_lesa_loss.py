@@ -13,6 +13,7 @@ from mll_tf.losses.lesa_loss import (
     global_relevance_loss,
     ranking_loss,
 )
+from tests.conftest import two_cpu_strategy
 
 
 # ---------------------------------------------------------------------------
@@ -356,7 +357,7 @@ def test_full_loss_split_over_two_replicas_adds_up():
 
 def test_span_num_replicas_from_strategy():
     # Inside a 2-replica MirroredStrategy, num_replicas defaults to 2.
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_strategy()
     e = np.random.default_rng(0).normal(size=(4, 3, 5)).astype(np.float32)
     s_tot = float(attention_span_sum_of_squares(e))
     loss = LESALoss()

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from mll_tf.losses.lesa_loss import LESALoss, attention_span_sum_of_squares
 from mll_tf.models.lesa import LESA
+from tests.conftest import two_cpu_strategy
 
 B, H, W_, D, CP, M, C, DW = 2, 2, 3, 4, 6, 3, 5, 7   # R = H * W_ = 6
 
@@ -286,7 +287,7 @@ def test_two_replica_step_equals_one_replica_step():
         full = loss_fn(labels, single(x, training=True))["total"]
     single_grads = tape.gradient(full, single.trainable_variables)
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_strategy()
     with strategy.scope():
         model = make()
 
