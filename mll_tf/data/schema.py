@@ -35,8 +35,9 @@ This follows the LESA reference storage (METHODS.md §1.5: raw bytes in a
 stored as int8 instead of float32/int32.
 
 Reading is batch-then-parse (OFFLINE_DATA.md §3): batch the serialized records
-first, then call :func:`parse_examples` on the whole ``[B]`` string tensor; this
-is about 2x faster than parsing one record at a time.
+first, then call :func:`parse_examples` on the whole ``[B]`` string tensor (one
+parse op per batch instead of per record). With ZLIB shards reading is bound by
+decompression, so the gain is small there (``benchmarks/bench_tfrecord.py``).
 
 Example:
 

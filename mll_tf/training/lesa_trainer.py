@@ -197,7 +197,7 @@ def train_lesa(cfg, resume=False, progress=True):
             ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
             print(f"resumed from {manager.latest_checkpoint} (epoch {int(epoch_var.numpy())} done)")
 
-    train_step = make_train_step(strategy, model, optimizer, loss_fn, gb)
+    train_step = make_train_step(strategy, model, optimizer, loss_fn, gb, jit_compile=cfg.jit_compile)
 
     val_ds = column_dataset(cfg.features_dir("val"), seen_idx + unseen_idx, 256)
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb"))
