@@ -168,6 +168,8 @@ def train_lesa(cfg, resume=False, progress=True):
 
     strategy = make_strategy(cfg.cpu_replicas)
     replicas = strategy.num_replicas_in_sync
+    print(f"strategy: {type(strategy).__name__}, replicas: {replicas} "
+          f"({', '.join(strategy.extended.worker_devices)})")
     gb = cfg.batch_size
     if gb % replicas:
         raise ValueError(f"--batch_size {gb} must be divisible by the {replicas} replicas")

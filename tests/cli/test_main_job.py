@@ -85,3 +85,18 @@ def test_missing_features_names_the_command(tmp_path, capsys):
                      "--run-dir", str(tmp_path / "run"), "--no-progress"])
     assert rc == 2
     assert "python extract/build_tfrecords.py --dataset openclipart" in capsys.readouterr().err
+
+
+def test_train_on_two_cpu_replicas_in_a_fresh_process(features, tmp_path):
+    """--cpu-replicas 2 splits the CPU before TF starts and trains under a 2-replica MirroredStrategy."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = tmp_path / "run2"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(repo, "experiments", "train.py")] + _train_argv(features, run, 1)
+        + ["--cpu-replicas", "2"], capture_output=True, text=True, cwd=repo, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "replicas: 2" in proc.stdout
+    assert (run / "best.keras").exists()
