@@ -166,6 +166,7 @@ def train_lesa(cfg, resume=False, progress=True):
     print(f"labels: {len(split.seen)} seen, {len(split.unseen)} unseen, {len(split.excluded)} excluded "
           f"-> {run_dir}/label_split.json")
 
+    keras.utils.set_random_seed(cfg.seed)  # weight initialisation (shuffling uses cfg.seed + epoch)
     strategy = make_strategy(cfg.cpu_replicas)
     replicas = strategy.num_replicas_in_sync
     print(f"strategy: {type(strategy).__name__}, replicas: {replicas} "
