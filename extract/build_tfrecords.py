@@ -91,10 +91,12 @@ def main(argv=None):
             stats = extract_records(records, prepared.load_image, args.input_size, feature_fn, writer,
                                     num_workers=args.workers, progress=not args.no_progress, desc=split)
         final = writer.manifest
-        rate = stats.get("written", 0) / max(stats["seconds"], 1e-9)
+        written = stats.get("written", 0) + stats.get("skipped", 0)
+        rate = f"{stats.get('written', 0) / max(stats['seconds'], 1e-9):.1f} img/s" if written else \
+            "already complete, nothing to do"
         print(f"[{split}] {final.num_examples} examples in {len(final.shards)} shards, "
-              f"{len(final.skipped)} skipped, {stats.get('already_done', 0)} resumed; "
-              f"{rate:.1f} img/s this run -> {split_dir}")
+              f"{len(final.skipped)} skipped, {stats.get('already_done', 0)} done before this run; "
+              f"{rate} -> {split_dir}")
         for item in final.skipped[:5]:
             print(f"    skipped {item['image_id']}: {item['reason']}")
         if len(final.skipped) > 5:

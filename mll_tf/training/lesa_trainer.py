@@ -78,14 +78,40 @@ def prepare_labels(cfg, manifest, test_manifest, run_dir):
 
 
 def column_dataset(split_dir, columns, batch_size, **kw):
-    """Feature-store dataset yielding (features, labels[:, columns])."""
+    """Feature-store dataset with the label columns reordered/selected.
+
+    Args:
+        split_dir: str, a split folder of the feature store.
+        columns: list of int, label columns to keep, in output order (e.g.
+            seen columns, or unseen + seen for GZSL).
+        batch_size: int.
+        **kw: passed to :func:`mll_tf.data.feature_store.make_dataset`.
+
+    Returns:
+        ``tf.data.Dataset`` of ``(features [B, R, D] float32, labels [B, len(columns)] int8)``.
+
+    Raises:
+        FileNotFoundError: if the split has no manifest.
+    """
     cols = tf.constant(columns, tf.int32)
     ds = make_dataset(split_dir, batch_size, **kw)
     return ds.map(lambda f, y: (f, tf.gather(y, cols, axis=1)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def predict_logits(model, dataset, label_vectors=None):
-    """Scores of every example: float32 ``[N, C]`` and labels int8 ``[N, C]``."""
+    """Run LESA over a dataset.
+
+    Args:
+        model: :class:`mll_tf.models.lesa.LESA`.
+        dataset: yields ``(features [B, R, D] float32, labels [B, C] int8)``.
+        label_vectors: optional float32 ``[C, d_w]`` raw word vectors whose
+            scores are wanted (default: the model's seen labels). Their order
+            must match the label columns of ``dataset``.
+
+    Returns:
+        (scores float32 ``[N, C]`` LESA logits (max over heads, unbounded),
+        labels int8 ``[N, C]``), in dataset order.
+    """
     vecs = None if label_vectors is None else tf.constant(label_vectors, tf.float32)
 
     spec = dataset.element_spec[0]
@@ -99,6 +125,11 @@ def predict_logits(model, dataset, label_vectors=None):
 
 
 def build_optimizer(cfg):
+    """Keras optimizer named by ``cfg.optimizer`` ("rmsprop" or "adam").
+
+    Raises:
+        ValueError: naming the flag for an unknown optimizer.
+    """
     if cfg.optimizer == "rmsprop":
         # TF1 RMSPropOptimizer(lr, decay=0.9, momentum=0.9, epsilon=1.0) semantics (METHODS.md §6.1),
         # except that Keras initialises the mean-square slots with zeros instead of ones.

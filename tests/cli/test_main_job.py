@@ -61,7 +61,11 @@ def test_train_resume_evaluate(features, tmp_path, capsys):
     assert train.main(_train_argv(features, run, 1)) == 0
     for name in ("config.yaml", "label_split.json", "label_embeddings.npz", "best.keras", "last.keras"):
         assert (run / name).exists(), name
-    assert os.listdir(run / "tb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
+    assert {"train/ranking", "train/span", "val/seen/mAP", "val/seen/F1@5", "val/zsl/mAP"} <= tags
     assert train.main(_train_argv(features, run, 2) + ["--resume"]) == 0
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]          # resumed at epoch 2, not from scratch
