@@ -238,16 +238,19 @@ def train_lesa(cfg, resume=False, progress=True):
     hist_path = os.path.join(run_dir, "history.csv")
     metrics = {}
     start_epoch = int(epoch_var.numpy())
+    # One repeated, reshuffled-every-pass input pipeline for the whole run: re-creating the iterator each
+    # epoch made the first batch of an epoch wait ~15 s for the old iterator's background work to stop.
+    # An epoch is `steps_per_epoch` batches; a resumed run reshuffles with seed + start epoch.
+    train_ds = column_dataset(cfg.features_dir("train"), seen_idx, gb, shuffle=True,
+                              shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed + start_epoch,
+                              cache=cfg.cache, repeat=True, drop_remainder=True)
+    batches = iter(strategy.experimental_distribute_dataset(train_ds))
     for epoch in range(start_epoch, cfg.epochs):
-        ds = column_dataset(cfg.features_dir("train"), seen_idx, gb, shuffle=True,
-                            shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed + epoch,
-                            cache=cfg.cache, drop_remainder=True)
-        dist = strategy.experimental_distribute_dataset(ds)
         bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=None, verbose=1 if progress else 0)
         t0 = time.perf_counter()
         sums = {}
-        for i, batch in enumerate(dist):
-            terms = {k: float(v) for k, v in train_step(batch).items()}
+        for i in range(steps_per_epoch):
+            terms = {k: float(v) for k, v in train_step(next(batches)).items()}
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             step = epoch * steps_per_epoch + i + 1
