@@ -41,7 +41,7 @@ class TrainConfig:
     cache: bool = False
     seed: int = 0
     cpu_replicas: int = 1
-    jit_compile: bool = False
+    jit_compile: bool = False  # XLA for the train step; tested on one replica only
     log_every: int = 20
     eval_k: tuple = (3, 5)
     monitor: str = "val/seen/F1@5"

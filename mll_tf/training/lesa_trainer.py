@@ -54,7 +54,7 @@ def read_split_manifest(cfg, split):
     return read_manifest(path)
 
 
-def prepare_labels(cfg, manifest, test_manifest, run_dir):
+def prepare_labels(cfg, manifest, run_dir):
     """Choose (or reload) the seen/unseen split and the word vectors; save both in ``run_dir``."""
     split_path = os.path.join(run_dir, "label_split.json")
     emb_path = os.path.join(run_dir, "label_embeddings.npz")
@@ -187,9 +187,9 @@ def train_lesa(cfg, resume=False, progress=True):
     run_dir = cfg.run_dir
     os.makedirs(run_dir, exist_ok=True)
     train_m = read_split_manifest(cfg, "train")
-    val_m = read_split_manifest(cfg, "val")
-    test_m = read_split_manifest(cfg, "test")
-    split, vectors = prepare_labels(cfg, train_m, test_m, run_dir)
+    for other in ("val", "test"):  # fail now, not after training, if a split is missing
+        read_split_manifest(cfg, other)
+    split, vectors = prepare_labels(cfg, train_m, run_dir)
     seen_idx, unseen_idx = split.indices(train_m.label_names)
     seen_vecs = np.stack([vectors[n] for n in split.seen]).astype(np.float32)
     unseen_vecs = np.stack([vectors[n] for n in split.unseen]).astype(np.float32)
@@ -197,14 +197,14 @@ def train_lesa(cfg, resume=False, progress=True):
     print(f"labels: {len(split.seen)} seen, {len(split.unseen)} unseen, {len(split.excluded)} excluded "
           f"-> {run_dir}/label_split.json")
 
-    keras.utils.set_random_seed(cfg.seed)  # weight initialisation (shuffling uses cfg.seed + epoch)
+    keras.utils.set_random_seed(cfg.seed)  # weight initialisation; shuffling uses cfg.seed + start epoch
     strategy = make_strategy(cfg.cpu_replicas)
     replicas = strategy.num_replicas_in_sync
     print(f"strategy: {type(strategy).__name__}, replicas: {replicas} "
           f"({', '.join(strategy.extended.worker_devices)})")
     gb = cfg.batch_size
     if gb % replicas:
-        raise ValueError(f"--batch_size {gb} must be divisible by the {replicas} replicas")
+        raise ValueError(f"--batch-size {gb} must be divisible by the {replicas} replicas")
     steps_per_epoch = train_m.num_examples // gb
     if steps_per_epoch == 0:
         raise ValueError(f"train split has {train_m.num_examples} examples < batch size {gb}")
@@ -293,6 +293,13 @@ def train_lesa(cfg, resume=False, progress=True):
               f"val seen mAP {100 * metrics['val/seen/mAP']:.2f} F1@5 {100 * metrics['val/seen/F1@5']:.2f}  "
               f"val ZSL mAP {100 * metrics['val/zsl/mAP']:.2f} F1@3 {100 * metrics['val/zsl/F1@3']:.2f}  "
               f"({metrics['train/examples_per_sec']:.0f} ex/s){'  *best' if improved else ''}")
-    with open(os.path.join(run_dir, "final_metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    final_path = os.path.join(run_dir, "final_metrics.json")
+    if metrics:
+        with open(final_path, "w") as f:
+            json.dump(metrics, f, indent=2)
+    else:
+        print(f"all {cfg.epochs} epochs already done in {run_dir}; nothing to train")
+        if os.path.exists(final_path):
+            with open(final_path) as f:
+                metrics = json.load(f)
     return metrics
