@@ -119,6 +119,7 @@ def test_imagenet_weights_classify_real_photos():
     top1 = probs.argmax(-1)
     names = efficientnet_lite.imagenet_class_names()
     report = [(names[i], float(probs[n, i])) for n, i in enumerate(top1)]
+    print("top-1:", report)  # shown with: pytest -s -k real_photos
     assert top1[0] in CAT_CLASSES, report
     assert top1[1] == ESPRESSO, report
     # The three cat classes together dominate the cat photo.
