@@ -37,6 +37,9 @@ class Backbone:
         weights: str. Human-readable provenance of the weights.
         preprocessing: str. What the caller must do to the pixels, and what
             the model already does.
+        resize_shorter: int or None. Image loaders resize the shorter side
+            to this many pixels before the central ``input_size`` crop
+            (None: to ``input_size``; VGG19 as in LESA: 256 for 224).
     """
 
     name: str
@@ -45,6 +48,7 @@ class Backbone:
     feature_shape: tuple
     weights: str
     preprocessing: str
+    resize_shorter: object = None
 
 
 def register_backbone(name):
