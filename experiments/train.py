@@ -3,6 +3,9 @@
 
     python experiments/train.py --method lesa --dataset openclipart
 
+``--protocol lesa_nus_wide`` / ``lesa_openimages`` applies the reference
+settings (``mll_tf/protocols.py``); explicit flags still win.
+
 Every field of ``mll_tf.training.config.TrainConfig`` is a flag
 (``--batch-size 32``, ``--epochs 10``, ``--cpu-replicas 2`` ...). The resolved
 configuration is saved as ``<run-dir>/config.yaml``; ``--resume`` continues
@@ -48,13 +51,16 @@ def resolve_config(args):
     cfg = TrainConfig()
     explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                 if getattr(args, f.name) is not None}
+    base = dataclasses.replace(cfg, **explicit).apply_protocol(explicit=set(explicit)) \
+        if explicit.get("protocol") else dataclasses.replace(cfg, **explicit)
     run_dir = explicit.get("run_dir") or os.path.join(
-        "runs", f"{explicit.get('method', cfg.method)}_{explicit.get('dataset', cfg.dataset)}".replace(":", "_")
-        .replace("/", "_"))
+        "runs", f"{base.method}_{base.dataset}".replace(":", "_").replace("/", "_"))
     saved = os.path.join(run_dir, "config.yaml")
     if args.resume and os.path.exists(saved):
         cfg = TrainConfig.load(saved)
     cfg = dataclasses.replace(cfg, **explicit)
+    if explicit.get("protocol"):  # reference settings, except what the command line sets
+        cfg = cfg.apply_protocol(explicit=set(explicit))
     cfg.run_dir = run_dir
     return cfg
 

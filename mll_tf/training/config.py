@@ -14,6 +14,7 @@ class TrainConfig:
     ``experiments/train.py`` (``--batch_size`` / ``--batch-size``).
     """
     method: str = "lesa"
+    protocol: str = ""  # "lesa_nus_wide" / "lesa_openimages": reference settings (mll_tf/protocols.py)
     dataset: str = "openclipart"
     backbone: str = "efficientnet_lite0"
     input_size: int = 224
@@ -33,18 +34,51 @@ class TrainConfig:
     span_weight: float = 0.01
     # optimisation. Default: Adam 1e-4 (best of the measured settings on the clip-art tags).
     # The reference (METHODS.md §1.4) is --optimizer rmsprop --learning-rate 1e-3.
-    optimizer: str = "adam"
+    optimizer: str = "adam"  # adam | rmsprop (Keras) | rmsprop_tf1 (TF1 semantics, METHODS.md §6.1)
     learning_rate: float = 1e-4
+    lr_schedule: str = "constant"  # constant | adaptive (LESA/IMCL LearningRate.adapt, METHODS.md §1.4)
+    lr_signal: float = 0.3  # adaptive: EMA weight of the newest validation value
+    lr_decay: float = 0.8  # adaptive: factor applied on a drop of the EMA
+    lr_patience: int = 5  # adaptive: evaluations to wait after a decay
+    lr_floor_fraction: float = 1e-3  # adaptive: no decay once lr < floor_fraction * learning_rate
     batch_size: int = 32
     epochs: int = 8
+    max_steps: int = 0  # > 0: train for this many steps (iterations) instead of `epochs`
+    eval_every: int = 0  # > 0: validate/checkpoint every N steps instead of once per epoch
+    shuffle: bool = True  # False: file order, as the LESA reference
     shuffle_buffer: int = 2048
     cache: bool = False
     seed: int = 0
     cpu_replicas: int = 1
     jit_compile: bool = False  # XLA for the train step; tested on one replica only
     log_every: int = 20
-    eval_k: tuple = (3, 5)
+    eval_k: tuple = ()  # () -> the dataset's K values (mll_tf/protocols.py: NUS-WIDE 3,5; OpenImages 10,20)
     monitor: str = "val/seen/F1@5"
+
+    def apply_protocol(self, explicit=()):
+        """Return a copy with ``self.protocol``'s settings, except fields in ``explicit``.
+
+        Raises:
+            KeyError: unknown protocol (names the ``--protocol`` flag).
+        """
+        if not self.protocol:
+            return self
+        from mll_tf.protocols import get_protocol
+        proto = get_protocol(self.protocol)
+        return dataclasses.replace(self, **{k: v for k, v in proto.train.items() if k not in explicit})
+
+    def steps_per_round(self, num_examples):
+        """Training steps between two validations (an "epoch" unless ``eval_every``)."""
+        if self.eval_every > 0:
+            return self.eval_every
+        return num_examples // self.batch_size
+
+    def num_rounds(self, num_examples):
+        """Number of validation rounds: ``epochs``, or ceil(max_steps / steps_per_round)."""
+        if self.max_steps > 0:
+            per = self.steps_per_round(num_examples)
+            return -(-self.max_steps // max(per, 1))
+        return self.epochs
 
     def save(self, path):
         d = dataclasses.asdict(self)
@@ -59,7 +93,7 @@ class TrainConfig:
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
-        d["eval_k"] = tuple(d.get("eval_k", (3, 5)))
+        d["eval_k"] = tuple(d.get("eval_k") or ())
         return cls(**d)
 
     def features_dir(self, split):

@@ -3,19 +3,23 @@
 The loop is a custom ``tf.distribute`` loop (MirroredStrategy over all GPUs, or
 over N logical CPUs with ``cpu_replicas``): per-replica losses are scaled so
 that they SUM to the single-device loss (METHODS.md §1.3; the span term via a
-cross-replica sum of squares, see :mod:`mll_tf.losses.lesa_loss`). Each epoch
-ends with a validation pass, TensorBoard scalars, a checkpoint (``--resume``
-restarts from the next epoch) and, when the monitored metric improves,
-``best.keras``.
+cross-replica sum of squares, see :mod:`mll_tf.losses.lesa_loss`). Training
+runs in *rounds*: an epoch, or ``eval_every`` steps (the reference's 4000
+iterations) up to ``max_steps``. Each round ends with a validation pass,
+TensorBoard scalars, the adaptive learning-rate update (``lr_schedule
+adaptive``), a checkpoint (``--resume`` restarts from the next round) and,
+when the monitored metric is at least the best so far, ``best.keras`` (the
+reference's ``model_ES``).
 
 Run directory layout::
 
     config.yaml            resolved configuration
     label_split.json       seen / unseen / excluded labels and the rule
     label_embeddings.npz   names + raw word vectors of every seen/unseen label
-    checkpoints/           tf.train.Checkpoint (model, optimizer, epoch, best)
-    best.keras, last.keras Keras models (best by cfg.monitor; last epoch)
-    history.csv            one row per epoch
+    checkpoints/           tf.train.Checkpoint (model, optimizer, rounds done, best)
+    lr_schedule.json       adaptive learning-rate state at the last checkpoint
+    best.keras, last.keras Keras models (best by cfg.monitor; last round)
+    history.csv            one row per round
     tb/                    TensorBoard event files
 """
 
@@ -33,6 +37,7 @@ from mll_tf.data.word_vectors import label_embeddings, load_word_vectors
 from mll_tf.losses.lesa_loss import LESALoss, attention_span_sum_of_squares
 from mll_tf.metrics.report import multilabel_report
 from mll_tf.models.lesa import LESA
+from mll_tf.protocols import eval_k_for
 from mll_tf.training.distribute import make_strategy
 from mll_tf.training.zsl_split import LabelSplit, choose_unseen_labels
 
@@ -54,8 +59,31 @@ def read_split_manifest(cfg, split):
     return read_manifest(path)
 
 
+def _official_split(manifest, missing):
+    """LabelSplit from an adapter's published seen/unseen lists (``extra["label_split"]``)."""
+    ls = manifest.extra["label_split"]
+    unseen = list(ls.get("unseen_eval") or ls["unseen"])
+    excluded = {n: "no word vector" for n in missing}
+    return LabelSplit(
+        seen=[n for n in ls["seen"] if n not in excluded],
+        unseen=[n for n in unseen if n not in excluded],
+        excluded=excluded,
+        rule=(f"official split of {manifest.dataset} ({len(ls['seen'])} seen, {len(unseen)} unseen "
+              f"evaluated); labels without a word vector excluded"))
+
+
 def prepare_labels(cfg, manifest, run_dir):
-    """Choose (or reload) the seen/unseen split and the word vectors; save both in ``run_dir``."""
+    """Choose (or reload) the seen/unseen split and the word vectors; save both in ``run_dir``.
+
+    A dataset with a published split (NUS-WIDE's 925/81, OpenImages' 7186/400,
+    stored by the adapter as ``manifest.extra["label_split"]``) uses it; the
+    word vectors are looked up with ``extra["label_text"]`` when the label
+    names are ids (OpenImages MIDs). Otherwise the unseen labels are chosen by
+    :func:`mll_tf.training.zsl_split.choose_unseen_labels`.
+
+    Returns:
+        (LabelSplit, dict label name -> float32 [d_w] raw word vector).
+    """
     split_path = os.path.join(run_dir, "label_split.json")
     emb_path = os.path.join(run_dir, "label_embeddings.npz")
     if os.path.exists(split_path) and os.path.exists(emb_path):
@@ -63,13 +91,24 @@ def prepare_labels(cfg, manifest, run_dir):
         z = np.load(emb_path)
         return split, dict(zip(z["names"].tolist(), z["vectors"]))
     names = manifest.label_names
-    wv = load_word_vectors(cfg.word_vectors, names)
-    emb, missing = label_embeddings(names, wv)
+    texts = manifest.extra.get("label_text") or names
+    if len(texts) != len(names):
+        raise ValueError(f"{manifest.dataset}: extra['label_text'] has {len(texts)} entries for "
+                         f"{len(names)} labels")
+    wv = load_word_vectors(cfg.word_vectors, texts)
+    emb, missing_text = label_embeddings(texts, wv)
+    missing_text = set(missing_text)
+    missing = [n for n, t in zip(names, texts) if t in missing_text]
     if missing:
-        print(f"labels without a word vector in {wv.source} (left out): {', '.join(missing)}")
-    counts = manifest.extra.get("label_counts_by_split", {})
-    split = choose_unseen_labels(names, missing, counts.get("train", {}), counts.get("test", {}),
-                                 unseen_fraction=cfg.unseen_fraction, min_test_images=cfg.min_test_images)
+        shown = ", ".join(missing[:30]) + (f" ... ({len(missing)} in all)" if len(missing) > 30 else "")
+        print(f"labels without a word vector in {wv.source} (left out): {shown}")
+    if manifest.extra.get("label_split"):
+        split = _official_split(manifest, missing)
+    else:
+        counts = manifest.extra.get("label_counts_by_split", {})
+        split = choose_unseen_labels(names, missing, counts.get("train", {}), counts.get("test", {}),
+                                     unseen_fraction=cfg.unseen_fraction,
+                                     min_test_images=cfg.min_test_images)
     split.save(split_path)
     keep = [i for i, n in enumerate(names) if n not in split.excluded]
     np.savez(emb_path, names=np.array([names[i] for i in keep]), vectors=emb[keep],
@@ -125,18 +164,57 @@ def predict_logits(model, dataset, label_vectors=None):
 
 
 def build_optimizer(cfg):
-    """Keras optimizer named by ``cfg.optimizer`` ("rmsprop" or "adam").
+    """Keras optimizer named by ``cfg.optimizer``.
+
+    ``rmsprop_tf1`` is TF1 ``RMSPropOptimizer(lr, decay=0.9, momentum=0.9,
+    epsilon=1.0)`` exactly (mean-square slots start at ones; METHODS.md §6.1),
+    as the LESA/IMCL references train; ``rmsprop`` is Keras' RMSprop with the
+    same hyper-parameters (slots start at zeros); ``adam`` is Adam.
 
     Raises:
         ValueError: naming the flag for an unknown optimizer.
     """
+    if cfg.optimizer == "rmsprop_tf1":
+        from mll_tf.optimizers import TF1RMSprop
+        return TF1RMSprop(cfg.learning_rate, rho=0.9, momentum=0.9, epsilon=1.0)
     if cfg.optimizer == "rmsprop":
         # TF1 RMSPropOptimizer(lr, decay=0.9, momentum=0.9, epsilon=1.0) semantics (METHODS.md §6.1),
         # except that Keras initialises the mean-square slots with zeros instead of ones.
         return keras.optimizers.RMSprop(cfg.learning_rate, rho=0.9, momentum=0.9, epsilon=1.0)
     if cfg.optimizer == "adam":
         return keras.optimizers.Adam(cfg.learning_rate)
-    raise ValueError(f"--optimizer: unknown {cfg.optimizer!r} (rmsprop, adam)")
+    raise ValueError(f"--optimizer: unknown {cfg.optimizer!r} (adam, rmsprop, rmsprop_tf1)")
+
+
+def build_lr_schedule(cfg):
+    """The per-validation learning-rate rule named by ``cfg.lr_schedule``.
+
+    Returns:
+        None for ``constant``, else an
+        :class:`mll_tf.training.schedules.AdaptiveLearningRate` (LESA's
+        ``LearningRate.adapt``: EMA of the monitored metric, x ``lr_decay`` on a
+        drop, ``lr_patience`` evaluations between decays, floor
+        ``lr_floor_fraction * learning_rate``; METHODS.md §1.4).
+
+    Raises:
+        ValueError: naming the flag for an unknown schedule.
+    """
+    if cfg.lr_schedule == "constant":
+        return None
+    if cfg.lr_schedule == "adaptive":
+        from mll_tf.training.schedules import AdaptiveLearningRate
+        return AdaptiveLearningRate(cfg.learning_rate, signal_strength=cfg.lr_signal, decay=cfg.lr_decay,
+                                    patience=cfg.lr_patience, floor_fraction=cfg.lr_floor_fraction)
+    raise ValueError(f"--lr-schedule: unknown {cfg.lr_schedule!r} (constant, adaptive)")
+
+
+def check_monitor(cfg):
+    """Raise ValueError (naming ``--monitor``) if the trainer never computes ``cfg.monitor``."""
+    known = {"mAP"} | {f"{m}@{k}" for k in cfg.eval_k for m in ("P", "R", "F1")}
+    parts = cfg.monitor.split("/")
+    if len(parts) != 3 or parts[0] != "val" or parts[1] not in ("seen", "zsl") or parts[2] not in known:
+        raise ValueError(f"--monitor {cfg.monitor!r}: expected val/<seen|zsl>/<{'|'.join(sorted(known))}> "
+                         f"(eval_k={list(cfg.eval_k)})")
 
 
 def make_train_step(strategy, model, optimizer, loss_fn, global_batch_size, jit_compile=False):
@@ -189,6 +267,9 @@ def train_lesa(cfg, resume=False, progress=True):
     train_m = read_split_manifest(cfg, "train")
     for other in ("val", "test"):  # fail now, not after training, if a split is missing
         read_split_manifest(cfg, other)
+    if not cfg.eval_k:
+        cfg.eval_k = eval_k_for(cfg.dataset, train_m.extra)
+    check_monitor(cfg)
     split, vectors = prepare_labels(cfg, train_m, run_dir)
     seen_idx, unseen_idx = split.indices(train_m.label_names)
     seen_vecs = np.stack([vectors[n] for n in split.seen]).astype(np.float32)
@@ -197,7 +278,7 @@ def train_lesa(cfg, resume=False, progress=True):
     print(f"labels: {len(split.seen)} seen, {len(split.unseen)} unseen, {len(split.excluded)} excluded "
           f"-> {run_dir}/label_split.json")
 
-    keras.utils.set_random_seed(cfg.seed)  # weight initialisation; shuffling uses cfg.seed + start epoch
+    keras.utils.set_random_seed(cfg.seed)  # weight initialisation; shuffling uses cfg.seed + start round
     strategy = make_strategy(cfg.cpu_replicas)
     replicas = strategy.num_replicas_in_sync
     print(f"strategy: {type(strategy).__name__}, replicas: {replicas} "
@@ -205,9 +286,10 @@ def train_lesa(cfg, resume=False, progress=True):
     gb = cfg.batch_size
     if gb % replicas:
         raise ValueError(f"--batch-size {gb} must be divisible by the {replicas} replicas")
-    steps_per_epoch = train_m.num_examples // gb
-    if steps_per_epoch == 0:
+    steps_per_round = cfg.steps_per_round(train_m.num_examples)
+    if steps_per_round == 0:
         raise ValueError(f"train split has {train_m.num_examples} examples < batch size {gb}")
+    num_rounds = cfg.num_rounds(train_m.num_examples)
     R, D = train_m.feature_shape
     grid = tuple(train_m.feature_grid) if train_m.feature_grid else None
 
@@ -219,8 +301,10 @@ def train_lesa(cfg, resume=False, progress=True):
         optimizer.build(model.trainable_variables)
     loss_fn = LESALoss(distribution_weight=cfg.distribution_weight, global_weight=cfg.global_weight,
                        span_weight=cfg.span_weight, margin=cfg.margin)
+    schedule = build_lr_schedule(cfg)
+    sched_path = os.path.join(run_dir, "lr_schedule.json")
 
-    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)  # validation rounds done
     best_var = tf.Variable(-np.inf, dtype=tf.float64, trainable=False)
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, best=best_var)
     manager = tf.train.CheckpointManager(ckpt, os.path.join(run_dir, "checkpoints"), max_to_keep=2)
@@ -229,7 +313,12 @@ def train_lesa(cfg, resume=False, progress=True):
             print(f"--resume: no checkpoint in {run_dir}/checkpoints; starting from scratch")
         else:
             ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            print(f"resumed from {manager.latest_checkpoint} (epoch {int(epoch_var.numpy())} done)")
+            print(f"resumed from {manager.latest_checkpoint} (round {int(epoch_var.numpy())} done)")
+            if schedule is not None and os.path.exists(sched_path):
+                with open(sched_path) as f:
+                    saved = json.load(f)
+                if saved.get("round") == int(epoch_var.numpy()):
+                    schedule.load_state_dict(saved["state"])
 
     train_step = make_train_step(strategy, model, optimizer, loss_fn, gb, jit_compile=cfg.jit_compile)
 
@@ -237,23 +326,29 @@ def train_lesa(cfg, resume=False, progress=True):
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb"))
     hist_path = os.path.join(run_dir, "history.csv")
     metrics = {}
-    start_epoch = int(epoch_var.numpy())
-    # One repeated, reshuffled-every-pass input pipeline for the whole run: re-creating the iterator each
-    # epoch made the first batch of an epoch wait ~15 s for the old iterator's background work to stop.
-    # An epoch is `steps_per_epoch` batches; a resumed run reshuffles with seed + start epoch.
-    train_ds = column_dataset(cfg.features_dir("train"), seen_idx, gb, shuffle=True,
-                              shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed + start_epoch,
+    start_round = int(epoch_var.numpy())
+    # One repeated input pipeline for the whole run: re-creating the iterator each epoch made the
+    # first batch of an epoch wait ~15 s for the old iterator's background work to stop. A round is
+    # `steps_per_round` batches (an epoch unless --eval-every); a resumed run reshuffles with
+    # seed + start round, or, without shuffling (the reference's file order), skips the batches done.
+    train_ds = column_dataset(cfg.features_dir("train"), seen_idx, gb, shuffle=cfg.shuffle,
+                              shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed + start_round,
                               cache=cfg.cache, repeat=True, drop_remainder=True)
+    if not cfg.shuffle and start_round:
+        train_ds = train_ds.skip(start_round * steps_per_round)
     batches = iter(strategy.experimental_distribute_dataset(train_ds))
-    for epoch in range(start_epoch, cfg.epochs):
-        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=None, verbose=1 if progress else 0)
+    for rnd in range(start_round, num_rounds):
+        n_steps = steps_per_round
+        if cfg.max_steps > 0:
+            n_steps = min(steps_per_round, cfg.max_steps - rnd * steps_per_round)
+        bar = keras.utils.Progbar(n_steps, stateful_metrics=None, verbose=1 if progress else 0)
         t0 = time.perf_counter()
         sums = {}
-        for i in range(steps_per_epoch):
+        for i in range(n_steps):
             terms = {k: float(v) for k, v in train_step(next(batches)).items()}
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
-            step = epoch * steps_per_epoch + i + 1
+            step = rnd * steps_per_round + i + 1
             if step % cfg.log_every == 0:
                 with writer.as_default(step=step):
                     for k, v in terms.items():
@@ -261,7 +356,6 @@ def train_lesa(cfg, resume=False, progress=True):
                     tf.summary.scalar("lr", float(tf.convert_to_tensor(optimizer.learning_rate)))
             bar.update(i + 1, [("loss", terms["total"]), ("rank", terms["ranking"])])
         seconds = time.perf_counter() - t0
-        n_steps = i + 1
         # validation: seen labels (the reference's monitor) and zero-shot on unseen labels
         scores, labels = predict_logits(model, val_ds, np.concatenate([seen_vecs, unseen_vecs]))
         ns = len(seen_idx)
@@ -271,34 +365,44 @@ def train_lesa(cfg, resume=False, progress=True):
         metrics.update({f"val/zsl/{k}": v for k, v in zsl_rep.items() if not k.startswith("num_")})
         metrics.update({f"train/{k}": v / n_steps for k, v in sums.items()})
         metrics["train/examples_per_sec"] = n_steps * gb / seconds
-        step = (epoch + 1) * steps_per_epoch
+        metrics["lr"] = float(tf.convert_to_tensor(optimizer.learning_rate))
+        step = rnd * steps_per_round + n_steps
         with writer.as_default(step=step):
             for k, v in metrics.items():
                 tf.summary.scalar(k, v)
         writer.flush()
-        epoch_var.assign(epoch + 1)
-        improved = metrics[cfg.monitor] > best_var.numpy()
+        epoch_var.assign(rnd + 1)
+        improved = metrics[cfg.monitor] >= best_var.numpy()  # ">=": the reference saves on ties too
         if improved:
             best_var.assign(metrics[cfg.monitor])
             model.save(os.path.join(run_dir, "best.keras"))
-        manager.save(checkpoint_number=epoch + 1)
+        if schedule is not None:  # adapt after the evaluation, as LearningRate.adapt is called
+            optimizer.learning_rate.assign(schedule.adapt(metrics[cfg.monitor]))
+            tmp = sched_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"round": rnd + 1, "state": schedule.state_dict()}, f)
+            os.replace(tmp, sched_path)
+        manager.save(checkpoint_number=rnd + 1)
         model.save(os.path.join(run_dir, "last.keras"))
         new = not os.path.exists(hist_path)
         with open(hist_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["epoch"] + sorted(metrics))
+            w = csv.DictWriter(f, fieldnames=["epoch", "step"] + sorted(metrics))
             if new:
                 w.writeheader()
-            w.writerow({"epoch": epoch + 1, **metrics})
-        print(f"epoch {epoch + 1}/{cfg.epochs}: loss {metrics['train/total']:.4f}  "
-              f"val seen mAP {100 * metrics['val/seen/mAP']:.2f} F1@5 {100 * metrics['val/seen/F1@5']:.2f}  "
-              f"val ZSL mAP {100 * metrics['val/zsl/mAP']:.2f} F1@3 {100 * metrics['val/zsl/F1@3']:.2f}  "
-              f"({metrics['train/examples_per_sec']:.0f} ex/s){'  *best' if improved else ''}")
+            w.writerow({"epoch": rnd + 1, "step": step, **metrics})
+        ks = cfg.eval_k
+        print(f"round {rnd + 1}/{num_rounds} (step {step}): loss {metrics['train/total']:.4f}  "
+              f"val seen mAP {100 * metrics['val/seen/mAP']:.2f} F1@{ks[-1]} "
+              f"{100 * metrics[f'val/seen/F1@{ks[-1]}']:.2f}  "
+              f"val ZSL mAP {100 * metrics['val/zsl/mAP']:.2f} F1@{ks[0]} {100 * metrics[f'val/zsl/F1@{ks[0]}']:.2f}  "
+              f"lr {metrics['lr']:.3g} ({metrics['train/examples_per_sec']:.0f} ex/s)"
+              f"{'  *best' if improved else ''}")
     final_path = os.path.join(run_dir, "final_metrics.json")
     if metrics:
         with open(final_path, "w") as f:
             json.dump(metrics, f, indent=2)
     else:
-        print(f"all {cfg.epochs} epochs already done in {run_dir}; nothing to train")
+        print(f"all {num_rounds} rounds already done in {run_dir}; nothing to train")
         if os.path.exists(final_path):
             with open(final_path) as f:
                 metrics = json.load(f)
