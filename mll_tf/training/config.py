@@ -51,9 +51,24 @@ class TrainConfig:
     seed: int = 0
     cpu_replicas: int = 1
     jit_compile: bool = False  # XLA for the train step; tested on one replica only
+    # partial labels (CSL / ASL / Ignore / Negative / logistic; METHODS.md §3)
+    partial_labels: str = "none"  # simulate on the train split: none | fpc:<N per class> | rps:<drop fraction>
+    partial_mode: str = ""  # "" -> the method's; negative | ignore | ignore_normalize_classes | selective
+    gamma_pos: float = -1.0  # < 0 -> the method's default (CSL 0, ASL 0)
+    gamma_neg: float = -1.0  # < 0 -> the method's default (CSL 1, ASL 4)
+    gamma_unann: float = -1.0  # < 0 -> the method's default (CSL 4)
+    loss_clip: float = -1.0  # < 0 -> the method's default (CSL 0, ASL 0.05)
+    likelihood_topk: int = 5  # CSL selective: un-annotated entries per image ignored as likely positives
+    prior_path: str = ""  # CSL selective: class-prior CSV (Classes,avg_pred) matched by class name
+    prior_threshold: float = 0.05  # CSL selective: classes with a prior above this are not negatives
+    dropout: float = 0.0  # before the classifier of the head
+    threshold: float = 0.5  # probability threshold of CP/CR/CF1/OP/OR/OF1
+    finetune: bool = False  # train the backbone end to end on images instead of stored features
+    data_root: str = ""  # --finetune: the dataset root ("" -> the adapter's default)
+    weight_decay: float = 0.0  # adamw: decoupled weight decay (not on biases / BN)
     log_every: int = 20
     eval_k: tuple = ()  # () -> the dataset's K values (mll_tf/protocols.py: NUS-WIDE 3,5; OpenImages 10,20)
-    monitor: str = "val/seen/F1@5"
+    monitor: str = ""  # "" -> the method's: LESA val/seen/F1@5, partial-label methods val/mAP_partial
 
     def apply_protocol(self, explicit=()):
         """Return a copy with ``self.protocol``'s settings, except fields in ``explicit``.

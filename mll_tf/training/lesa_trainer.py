@@ -169,7 +169,9 @@ def build_optimizer(cfg):
     ``rmsprop_tf1`` is TF1 ``RMSPropOptimizer(lr, decay=0.9, momentum=0.9,
     epsilon=1.0)`` exactly (mean-square slots start at ones; METHODS.md §6.1),
     as the LESA/IMCL references train; ``rmsprop`` is Keras' RMSprop with the
-    same hyper-parameters (slots start at zeros); ``adam`` is Adam.
+    same hyper-parameters (slots start at zeros); ``adam`` is Adam; ``adamw``
+    is AdamW with ``cfg.weight_decay`` on kernels only (CSL: Adam with weight
+    decay on non-bias, non-1-D parameters, METHODS.md §3.1).
 
     Raises:
         ValueError: naming the flag for an unknown optimizer.
@@ -181,9 +183,13 @@ def build_optimizer(cfg):
         # TF1 RMSPropOptimizer(lr, decay=0.9, momentum=0.9, epsilon=1.0) semantics (METHODS.md §6.1),
         # except that Keras initialises the mean-square slots with zeros instead of ones.
         return keras.optimizers.RMSprop(cfg.learning_rate, rho=0.9, momentum=0.9, epsilon=1.0)
+    if cfg.optimizer == "adamw":
+        opt = keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay)
+        opt.exclude_from_weight_decay(var_names=["bias", "beta", "gamma"])
+        return opt
     if cfg.optimizer == "adam":
         return keras.optimizers.Adam(cfg.learning_rate)
-    raise ValueError(f"--optimizer: unknown {cfg.optimizer!r} (adam, rmsprop, rmsprop_tf1)")
+    raise ValueError(f"--optimizer: unknown {cfg.optimizer!r} (adam, adamw, rmsprop, rmsprop_tf1)")
 
 
 def build_lr_schedule(cfg):
@@ -269,6 +275,8 @@ def train_lesa(cfg, resume=False, progress=True):
         read_split_manifest(cfg, other)
     if not cfg.eval_k:
         cfg.eval_k = eval_k_for(cfg.dataset, train_m.extra)
+    if not cfg.monitor:
+        cfg.monitor = "val/seen/F1@5" if 5 in cfg.eval_k else f"val/seen/F1@{cfg.eval_k[-1]}"
     check_monitor(cfg)
     split, vectors = prepare_labels(cfg, train_m, run_dir)
     seen_idx, unseen_idx = split.indices(train_m.label_names)
