@@ -10,6 +10,7 @@ the missing images are processed.
 """
 
 import argparse
+import functools
 import os
 import sys
 
@@ -64,7 +65,14 @@ def main(argv=None):
             raise SystemExit(f"--splits: {args.dataset} has no split {s!r} (has {sorted(prepared.splits)})")
 
     weights = None if args.weights.lower() == "none" else args.weights
-    backbone = build_backbone(args.backbone, weights=weights, input_size=args.input_size)
+    try:
+        backbone = build_backbone(args.backbone, weights=weights, input_size=args.input_size)
+    except RuntimeError as e:  # e.g. ImageNet weights that cannot be downloaded here
+        raise SystemExit(f"error: --backbone {args.backbone} --weights {args.weights}: {e}")
+    load_image = prepared.load_image
+    if backbone.resize_shorter and backbone.resize_shorter != args.input_size:
+        # e.g. VGG19 as LESA: shorter side to 256, central 224 crop (METHODS.md §1.1)
+        load_image = functools.partial(prepared.load_image, resize_shorter=backbone.resize_shorter)
     h, w, d = backbone.feature_shape
     feature_fn = FeatureFunction(backbone.model, args.batch_size)
     root = store_dir(args.out_dir, args.dataset, args.backbone, args.input_size)
@@ -80,7 +88,8 @@ def main(argv=None):
             preprocessing=f"{prepared.preprocessing}; backbone: {backbone.preprocessing}",
             feature_shape=[h * w, d], feature_grid=[h, w], feature_dtype=args.feature_dtype,
             label_names=list(prepared.label_names), extra_label_names={},
-            compression_level=args.compression_level, extra=dict(prepared.extra))
+            compression_level=args.compression_level,
+            extra=dict(prepared.extra, resize_shorter=backbone.resize_shorter or args.input_size))
         split_dir = os.path.join(root, split)
         with FeatureStoreWriter(split_dir, manifest, max_shard_bytes=int(args.max_shard_mb * 2**20),
                                 compression_level=args.compression_level,
@@ -88,7 +97,7 @@ def main(argv=None):
             for item in prepared.skipped.get(split, []):
                 if item["image_id"] not in writer.done_ids:
                     writer.skip(item["image_id"], item["reason"])
-            stats = extract_records(records, prepared.load_image, args.input_size, feature_fn, writer,
+            stats = extract_records(records, load_image, args.input_size, feature_fn, writer,
                                     num_workers=args.workers, progress=not args.no_progress, desc=split)
         final = writer.manifest
         written = stats.get("written", 0) + stats.get("skipped", 0)

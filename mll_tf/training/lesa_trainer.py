@@ -38,6 +38,7 @@ from mll_tf.losses.lesa_loss import LESALoss, attention_span_sum_of_squares
 from mll_tf.metrics.report import multilabel_report
 from mll_tf.models.lesa import LESA
 from mll_tf.protocols import eval_k_for
+from mll_tf.visualization.attention import attention_examples, log_model_attention
 from mll_tf.training.distribute import make_strategy
 from mll_tf.training.zsl_split import LabelSplit, choose_unseen_labels
 
@@ -332,6 +333,11 @@ def train_lesa(cfg, resume=False, progress=True):
 
     val_ds = column_dataset(cfg.features_dir("val"), seen_idx + unseen_idx, 256)
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb"))
+    try:  # a few validation images whose attention maps go to TensorBoard after each round
+        vis = attention_examples(cfg.features_dir("val"), 4)
+    except (ValueError, OSError, KeyError) as e:  # no extra["root"], images moved, ...
+        vis = None
+        print(f"attention images in TensorBoard disabled: {e}")
     hist_path = os.path.join(run_dir, "history.csv")
     metrics = {}
     start_round = int(epoch_var.numpy())
@@ -378,6 +384,8 @@ def train_lesa(cfg, resume=False, progress=True):
         with writer.as_default(step=step):
             for k, v in metrics.items():
                 tf.summary.scalar(k, v)
+        if vis is not None and vis.image_ids:
+            log_model_attention(writer, step, model, vis, split.seen, split.unseen, unseen_vecs, k=5)
         writer.flush()
         epoch_var.assign(rnd + 1)
         improved = metrics[cfg.monitor] >= best_var.numpy()  # ">=": the reference saves on ties too

@@ -66,6 +66,7 @@ def test_train_resume_evaluate(features, tmp_path, capsys):
     events.Reload()
     tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
     assert {"train/ranking", "train/span", "val/seen/mAP", "val/seen/F1@5", "val/zsl/mAP"} <= tags
+    assert "attention/0" in tags  # attention maps of validation images (issue 3 item 5)
     assert train.main(_train_argv(features, run, 2) + ["--resume"]) == 0
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]          # resumed at epoch 2, not from scratch

@@ -86,8 +86,11 @@ def read_tags(data):
     return tags
 
 
-def render_svg(path, size):
+def render_svg(path, size, resize_shorter=None):
     """Render an SVG to an RGB ``uint8 [size, size, 3]`` array on white.
+
+    ``resize_shorter`` is accepted for the common loader signature and
+    ignored: a drawing is rendered at ``size`` and padded, never cropped.
 
     Raises:
         ValueError: if the file is empty.
