@@ -33,9 +33,24 @@ def register_dataset(name):
 def get_dataset(name):
     """Return the adapter class registered as ``name``.
 
+    ``"tfds:<name>[/<config>][:<version>]"`` (e.g. ``"tfds:voc/2007"``) is not
+    in the registry: it returns ``functools.partial(TFDSDataset, name=...)``
+    (``mll_tf.data.datasets.tfds_source``; ``root`` is the TFDS data_dir).
+    tensorflow_datasets is imported only when that adapter prepares.
+
     Raises:
-        KeyError: listing the registered dataset names.
+        KeyError: listing the registered dataset names; or ``"tfds:"`` with
+            no dataset name.
     """
+    if name.startswith("tfds:"):
+        import functools
+
+        from mll_tf.data.datasets.tfds_source import TFDSDataset
+
+        rest = name[len("tfds:"):]
+        if not rest:
+            raise KeyError("dataset 'tfds:' needs a TFDS name, e.g. 'tfds:voc/2007'")
+        return functools.partial(TFDSDataset, name=rest)
     import mll_tf.data.datasets  # noqa: F401  (fills the registry)
     return _lookup("dataset", name)
 

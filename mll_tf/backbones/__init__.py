@@ -130,3 +130,17 @@ def _efficientnet_lite0_backbone(weights, input_size):
         weights=provenance,
         preprocessing="RGB in [0,255]; (x - 127) / 128 inside the model",
     )
+
+
+@register_backbone("vgg19")
+def _vgg19_backbone(weights, input_size):
+    from mll_tf.backbones import keras_apps
+
+    return keras_apps.vgg19_backbone(weights=weights, input_size=input_size)
+
+
+@register_backbone("resnet101")
+def _resnet101_backbone(weights, input_size):
+    from mll_tf.backbones import keras_apps
+
+    return keras_apps.resnet101_backbone(weights=weights, input_size=input_size)

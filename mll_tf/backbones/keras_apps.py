@@ -1,0 +1,294 @@
+"""Keras Applications backbones: VGG19 ``block5_conv4`` and ResNet101 pool5.
+
+These are the feature extractors of the reference methods, rebuilt from
+``keras.applications`` (METHODS.md §1.1 and §2.1):
+
+* ``vgg19``: LESA's frozen VGG19 ``conv5_4`` map (after ReLU), 14x14x512 at
+  224x224. Keras layer ``block5_conv4``.
+* ``resnet101``: IMCL's ResNet-101 ``pool5`` vector (2048-d, global average
+  pool), returned as a ``[B, 1, 1, 2048]`` map so that the feature store's
+  ``[regions, D]`` layout still holds (1 region).
+
+Both models take float32 **RGB** images in [0, 255] and do the caffe-style
+normalisation of the Keras ImageNet weights themselves (:class:`CaffePreprocess`:
+RGB -> BGR, minus the BGR means), so every caller passes the same pixels as
+for the other backbones (``mll_tf.backbones``).
+
+Weights (``weights`` argument):
+
+* ``"imagenet"``: the Keras ImageNet file, fetched by ``keras.utils.get_file``
+  into the Keras cache (``~/.keras/models`` or ``$KERAS_HOME/models``); a file
+  already there is used without the network. When the download fails (no
+  internet, OFFLINE_DATA.md §5.1) :class:`WeightsUnavailableError` names the
+  file and its URL.
+* a path: a local weight file, loaded by the Keras application itself
+  (``keras.applications.VGG19(weights=PATH)``): the legacy ``.h5`` file Keras
+  downloads, or a ``.weights.h5`` saved from the same ``keras.applications``
+  model with ``include_top=False``.
+* None: random initialisation (shape and pipeline tests only).
+
+Source: ``keras.applications`` (Keras 3.15), weight files and MD5 hashes as
+in ``keras/src/applications/{vgg19,resnet}.py``.
+"""
+import collections
+import os
+import socket
+
+import keras
+
+__all__ = [
+    "CAFFE_BGR_MEANS",
+    "CaffePreprocess",
+    "KERAS_WEIGHTS",
+    "WeightsUnavailableError",
+    "resnet101_backbone",
+    "resolve_weights",
+    "vgg19_backbone",
+]
+
+#: Per-channel means subtracted by ``preprocess_input(mode="caffe")``, in
+#: **BGR** order (B, G, R).
+CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
+
+#: Seconds a socket may block while Keras downloads weights, so that a
+#: network that drops packets fails in bounded time instead of hanging.
+DOWNLOAD_TIMEOUT = 30.0
+
+_KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+WeightsFile = collections.namedtuple("WeightsFile", "model fname url md5")
+WeightsFile.__doc__ = """A Keras Applications ImageNet weight file (``include_top=False``).
+
+Attributes:
+    model: str, the ``keras.applications`` constructor name.
+    fname: str, file name in the Keras cache.
+    url: str, where Keras downloads it from.
+    md5: str, the hash Keras checks.
+"""
+
+#: The ``include_top=False`` ImageNet files Keras downloads for each backbone.
+KERAS_WEIGHTS = {
+    "vgg19": WeightsFile(
+        "VGG19", "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        _KERAS_BASE + "vgg19/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "253f8cb515780f3b799900260a226db6"),
+    "resnet101": WeightsFile(
+        "ResNet101", "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        _KERAS_BASE + "resnet/resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "88cf7a10940856eca736dc7b7e228a21"),
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The Keras ImageNet weights could not be downloaded (e.g. no internet).
+
+    Attributes:
+        fname: str, the file Keras wanted (e.g.
+            ``vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5``).
+        url: str, where Keras tried to download it from.
+    """
+
+    def __init__(self, spec, cause):
+        self.fname = spec.fname
+        self.url = spec.url
+        super().__init__(
+            f"ImageNet weights for keras.applications.{spec.model} are not "
+            f"available: downloading {spec.fname} from {spec.url} failed "
+            f"({type(cause).__name__}: {cause}). This machine probably has no "
+            f"internet access. Download {spec.url} on a machine that can reach "
+            f"it (md5 {spec.md5}), copy it here and pass "
+            f"`--weights /path/to/{spec.fname}` (weights=PATH), or put it in the "
+            f"Keras cache (~/.keras/models/{spec.fname}, or "
+            f"$KERAS_HOME/models/); or pass `--weights none` (weights=None) for "
+            f"random weights, which are only good for pipeline tests.")
+
+
+def _download(spec):
+    """Path of the cached Keras weight file, downloading it if needed."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
+    try:
+        return keras.utils.get_file(spec.fname, spec.url, cache_subdir="models",
+                                    file_hash=spec.md5)
+    except Exception as e:  # keras raises a bare Exception on URL errors
+        raise WeightsUnavailableError(spec, e) from e
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def resolve_weights(name, weights):
+    """Turn a ``weights`` argument into a file path and a provenance string.
+
+    Args:
+        name: str, a key of :data:`KERAS_WEIGHTS` (``"vgg19"``, ``"resnet101"``).
+        weights: ``"imagenet"``, None, or a path (str / os.PathLike) to a
+            local weight file.
+
+    Returns:
+        ``(path, provenance)``: path is a str or None (random init);
+        provenance a human-readable str for ``Backbone.weights``.
+
+    Raises:
+        WeightsUnavailableError: ``"imagenet"`` and the file is neither in the
+            Keras cache nor downloadable; the message names the file and URL.
+        FileNotFoundError: ``weights`` is a path that does not exist.
+        ValueError: ``weights`` is of another type.
+    """
+    spec = KERAS_WEIGHTS[name]
+    if weights is None:
+        return None, "random initialisation (weights=None)"
+    if isinstance(weights, str) and weights == "imagenet":
+        path = _download(spec)
+        return path, (f"imagenet: keras.applications.{spec.model} {spec.fname} "
+                      f"(md5 {spec.md5}, {spec.url})")
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            f"{name}: weights must be 'imagenet', None or a file path, got {weights!r}")
+    path = os.path.abspath(os.fspath(weights))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{name}: weights file {path!r} does not exist (expected the Keras file "
+            f"{spec.fname} from {spec.url}, or 'imagenet' / 'none')")
+    return path, f"file: {path}"
+
+
+@keras.saving.register_keras_serializable(package="mll_tf")
+class CaffePreprocess(keras.layers.Layer):
+    """RGB [0, 255] -> caffe-style BGR with the ImageNet means subtracted.
+
+    Equals ``keras.applications.vgg19.preprocess_input`` (and ``resnet``'s;
+    ``imagenet_utils.preprocess_input(mode="caffe")``) for channels-last
+    input: channels reversed, then :data:`CAFFE_BGR_MEANS` subtracted, no
+    scaling.
+
+    Call args:
+        inputs: float tensor ``[..., 3]``, RGB in [0, 255].
+
+    Returns:
+        float32 tensor of the same shape, BGR, roughly in [-124, 152].
+    """
+
+    def call(self, inputs):
+        x = keras.ops.cast(inputs, "float32")
+        x = keras.ops.flip(x, axis=-1)
+        mean = keras.ops.convert_to_tensor(CAFFE_BGR_MEANS, dtype="float32")
+        return x - mean
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def _resize_shorter(input_size):
+    return int(round(256 / 224 * min(input_size)))
+
+
+def _input_shape(input_size):
+    return (int(input_size[0]), int(input_size[1]), 3)
+
+
+def vgg19_backbone(weights="imagenet", input_size=(224, 224)):
+    """VGG19 up to ``block5_conv4`` (ReLU included), LESA's feature map.
+
+    Args:
+        weights: ``"imagenet"`` (Keras' caffe-converted VGG19 ImageNet file,
+            downloaded), None (random init) or a path to a local weight file;
+            see :func:`resolve_weights`.
+        input_size: ``(H, W)`` in pixels, each >= 32.
+
+    Returns:
+        mll_tf.backbones.Backbone named ``"vgg19"`` whose model maps float32
+        RGB ``[B, H, W, 3]`` in [0, 255] to float32 ``[B, H/16, W/16, 512]``
+        (>= 0, after ReLU); 14x14x512 at 224. ``resize_shorter`` is
+        ``round(256/224 * min(H, W))`` (256 at 224): LESA's "shorter side to
+        256, central 224 crop" (slim ``vgg_preprocessing``).
+
+    Raises:
+        WeightsUnavailableError, FileNotFoundError, ValueError: see
+            :func:`resolve_weights`.
+    """
+    from mll_tf.backbones import Backbone
+
+    path, provenance = resolve_weights("vgg19", weights)
+    shape = _input_shape(input_size)
+    app = keras.applications.VGG19(include_top=False, weights=path, input_shape=shape)
+    tap = keras.Model(app.input, app.get_layer("block5_conv4").output,
+                      name="vgg19_block5_conv4")
+    inputs = keras.Input(shape=shape, name="rgb_0_255")
+    outputs = tap(CaffePreprocess(name="caffe_preprocess")(inputs))
+    model = keras.Model(inputs, outputs, name="vgg19_features")
+    rs = _resize_shorter(input_size)
+    return Backbone(
+        name="vgg19",
+        model=model,
+        input_size=tuple(input_size),
+        feature_shape=tuple(model.output.shape[1:]),
+        weights=provenance,
+        preprocessing=(
+            f"RGB in [0,255]; loader: shorter side resized to {rs} "
+            f"(round(256/224 x input size)), central {shape[0]}x{shape[1]} crop, as "
+            "LESA's slim vgg_preprocessing (eval); inside the model: caffe-style "
+            "RGB->BGR flip and subtraction of the BGR means (103.939, 116.779, 123.68), "
+            "= keras.applications.vgg19.preprocess_input. Keras' VGG19 weights are the "
+            "Caffe (BGR) release; LESA's slim vgg_19_2016_08_28 checkpoint takes RGB "
+            "minus the RGB means (123.68, 116.78, 103.94): both come from the Caffe VGG19 "
+            "release with the first conv's input channels in opposite order, so with "
+            "each one's own preprocessing they should compute the same features "
+            "(expected, not verified)"),
+        resize_shorter=rs,
+    )
+
+
+def resnet101_backbone(weights="imagenet", input_size=(224, 224)):
+    """ResNet101 global-average-pooled features (``pool5``), IMCL's vector.
+
+    Keras' ``ResNet101`` is the port of the original MSRA Caffe ResNet-101
+    ("v1": stride 2 on the first 1x1 conv of a stage, biased convolutions,
+    caffe BGR preprocessing). IMCL used slim ``resnet_v1_101`` (its
+    ``oidv2-resnet_v1_101`` OpenImages checkpoint; METHODS.md §2.1), whose
+    stride sits on the 3x3 conv and which takes RGB minus the means, so these
+    ImageNet features are a stand-in, not IMCL's features.
+
+    Args:
+        weights: ``"imagenet"``, None or a path; see :func:`resolve_weights`.
+        input_size: ``(H, W)`` in pixels, each >= 32.
+
+    Returns:
+        mll_tf.backbones.Backbone named ``"resnet101"`` whose model maps
+        float32 RGB ``[B, H, W, 3]`` in [0, 255] to float32
+        ``[B, 1, 1, 2048]`` (>= 0: the mean of post-ReLU maps).
+        ``resize_shorter`` is ``round(256/224 * min(H, W))`` (256 at 224),
+        because slim's ``preprocessing_factory`` maps ``resnet_v1_101`` to
+        the same ``vgg_preprocessing`` as LESA's VGG19.
+
+    Raises:
+        WeightsUnavailableError, FileNotFoundError, ValueError: see
+            :func:`resolve_weights`.
+    """
+    from mll_tf.backbones import Backbone
+
+    path, provenance = resolve_weights("resnet101", weights)
+    shape = _input_shape(input_size)
+    app = keras.applications.ResNet101(include_top=False, weights=path,
+                                       input_shape=shape, pooling="avg")
+    inputs = keras.Input(shape=shape, name="rgb_0_255")
+    x = app(CaffePreprocess(name="caffe_preprocess")(inputs))
+    outputs = keras.layers.Reshape((1, 1, x.shape[-1]), name="pool5_map")(x)
+    model = keras.Model(inputs, outputs, name="resnet101_features")
+    rs = _resize_shorter(input_size)
+    return Backbone(
+        name="resnet101",
+        model=model,
+        input_size=tuple(input_size),
+        feature_shape=tuple(model.output.shape[1:]),
+        weights=provenance,
+        preprocessing=(
+            f"RGB in [0,255]; loader: shorter side resized to {rs} "
+            f"(round(256/224 x input size)), central {shape[0]}x{shape[1]} crop "
+            "(slim vgg_preprocessing, which slim uses for resnet_v1_101); inside the "
+            "model: caffe-style RGB->BGR flip and subtraction of the BGR means "
+            "(103.939, 116.779, 123.68), = keras.applications.resnet.preprocess_input. "
+            "Keras ResNet101 is the MSRA Caffe ResNet-101 port (stride on the first 1x1 "
+            "conv), not slim resnet_v1_101 (stride on the 3x3 conv, RGB input) as used "
+            "by IMCL; output = global average pool (pool5), 2048-d, as a 1x1 map"),
+        resize_shorter=rs,
+    )
