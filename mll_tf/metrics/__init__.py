@@ -11,6 +11,11 @@ from mll_tf.metrics.average_precision import (
     average_precision_partial,
     mean_average_precision,
 )
+from mll_tf.metrics.threshold import (
+    attribute_accuracy,
+    threshold_metrics,
+    tune_thresholds,
+)
 from mll_tf.metrics.top_k import top_k_precision_recall_f1
 
 __all__ = [
@@ -19,4 +24,7 @@ __all__ = [
     "average_precision_asl",
     "average_precision_partial",
     "top_k_precision_recall_f1",
+    "threshold_metrics",
+    "tune_thresholds",
+    "attribute_accuracy",
 ]
