@@ -34,6 +34,8 @@ def build_parser():
     p.add_argument("--compression-level", type=int, default=1, help="ZLIB level 0-9 (default: %(default)s)")
     p.add_argument("--max-shard-mb", type=float, default=64.0, help="uncompressed bytes per shard, MiB")
     p.add_argument("--min-count", type=int, default=None, help="openclipart: min train images per tag")
+    p.add_argument("--dataset-options", default="",
+                   help="adapter options KEY=VALUE,... (e.g. fashion_mnist_grid: num_train=8000,seed=0)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split (smoke tests)")
     p.add_argument("--overwrite", action="store_true", help="discard an existing store for these splits")
     p.add_argument("--no-progress", action="store_true")
@@ -47,13 +49,16 @@ def store_dir(out_dir, dataset, backbone, input_size):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from mll_tf.registry import get_dataset
+    from mll_tf.registry import get_dataset, parse_dataset_options
     from mll_tf.backbones import build_backbone
     from mll_tf.data.extraction import FeatureFunction, extract_records
     from mll_tf.data.feature_store import FeatureStoreWriter, Manifest
 
     adapter_cls = get_dataset(args.dataset)
-    kwargs = {}
+    try:
+        kwargs = parse_dataset_options(args.dataset_options)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     if args.data_root:
         kwargs["root"] = args.data_root
     if args.min_count is not None:

@@ -78,3 +78,23 @@ def get_method(name):
 def method_names():
     import mll_tf.training.methods  # noqa: F401
     return sorted(_REGISTRIES["method"])
+
+
+def parse_dataset_options(text):
+    """Parse ``"num_train=64,seed=1,root=/x"`` into adapter keyword arguments.
+
+    Values are read as YAML scalars (``64`` -> int, ``0.5`` -> float,
+    ``true`` -> bool, anything else -> str).
+
+    Raises:
+        ValueError: naming ``--dataset-options`` and the bad item.
+    """
+    import yaml
+
+    out = {}
+    for item in filter(None, (t.strip() for t in (text or "").split(","))):
+        if "=" not in item:
+            raise ValueError(f"--dataset-options: {item!r} is not KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v) if v.strip() else ""
+    return out

@@ -68,3 +68,72 @@ def format_table(summary, ks=(3, 5), title=None):
         vals = "".join(f"{100 * row[c]:8.2f}" if c in row else f"{'-':>8}" for c in cols)
         lines.append(f"{name:<8}{row['num_labels']:>7}" + vals)
     return "\n".join(lines)
+
+
+def partial_label_report(logits, labels, threshold=0.5, groups=None):
+    """The partial-label evaluation of CSL / ASL / DOR-ML on one score matrix.
+
+    Args:
+        logits: float ``[N, C]`` classifier logits (probabilities are their
+            sigmoid).
+        labels: int ``[N, C]`` in {1, 0, -1}.
+        threshold: float in [0, 1] or float ``[C]``, probability threshold of
+            the CP/CR/CF1/OP/OR/OF1 metrics.
+        groups: optional dict attribute -> list of column indices of mutually
+            exclusive classes (attribute tables); adds ``acc/<attribute>`` and
+            ``acc/mean``.
+
+    Returns:
+        (summary, ap_partial): ``summary`` holds, as fractions in [0, 1],
+        ``mAP`` (variant (b) over all entries, unknown counted as negative, as
+        CSL's ``mAP``), ``mAP_partial`` (variant (c): unknown entries ignored,
+        classes without a known positive or negative dropped — their number
+        is ``num_classes_dropped``), ``mAP_partial_weighted`` (weighted by
+        known positives), ``CP CR CF1 OP OR OF1`` at ``threshold`` (unknown
+        entries ignored) and ``num_images`` / ``num_labels``;
+        ``ap_partial`` is float64 ``[C]`` (NaN for dropped classes).
+
+    Source: METHODS.md §3.3, §6.3 (b) and (c); CSL ``helper_functions.mAP``,
+    ``AP_partial``; ``validate.py``.
+    """
+    from mll_tf.metrics.average_precision import average_precision_asl, average_precision_partial
+    from mll_tf.metrics.threshold import attribute_accuracy, threshold_metrics
+
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels)
+    probs = 1.0 / (1.0 + np.exp(-logits))
+    ap_all = average_precision_asl(logits, labels)
+    ap_part, valid = average_precision_partial(logits, labels)
+    npos = (labels == 1).sum(0)
+    out = {
+        "mAP": float(ap_all.mean()) if ap_all.size else float("nan"),
+        "mAP_partial": float(ap_part[valid].mean()) if valid.any() else float("nan"),
+        "mAP_partial_weighted": (float((ap_part[valid] * npos[valid]).sum() / npos[valid].sum())
+                                 if valid.any() else float("nan")),
+        "num_classes_dropped": int((~valid).sum()),
+        "num_images": int(labels.shape[0]), "num_labels": int(labels.shape[1]),
+    }
+    out.update({k: float(v) for k, v in threshold_metrics(probs, labels, threshold=threshold).items()})
+    if groups:
+        acc = attribute_accuracy(probs, labels, groups)
+        out.update({f"acc/{a}": float(v) for a, v in acc.items()})
+        vals = [v for v in acc.values() if np.isfinite(v)]
+        out["acc/mean"] = float(np.mean(vals)) if vals else float("nan")
+    return out, ap_part
+
+
+def format_partial_table(results, title=None):
+    """Plain-text table of several :func:`partial_label_report` summaries (percent).
+
+    Args:
+        results: dict row name -> summary.
+    """
+    cols = ["mAP", "mAP_partial", "CP", "CR", "CF1", "OP", "OR", "OF1"]
+    extra = sorted({k for r in results.values() for k in r if k.startswith("acc/")})
+    cols += extra
+    lines = [title] if title else []
+    lines.append(f"{'':<12}" + "".join(f"{c.replace('acc/', 'acc ')[:11]:>12}" for c in cols))
+    for name, row in results.items():
+        lines.append(f"{name:<12}" + "".join(
+            f"{100 * row[c]:12.2f}" if c in row and np.isfinite(row[c]) else f"{'-':>12}" for c in cols))
+    return "\n".join(lines)

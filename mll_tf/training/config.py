@@ -65,6 +65,7 @@ class TrainConfig:
     threshold: float = 0.5  # probability threshold of CP/CR/CF1/OP/OR/OF1
     finetune: bool = False  # train the backbone end to end on images instead of stored features
     data_root: str = ""  # --finetune: the dataset root ("" -> the adapter's default)
+    dataset_options: str = ""  # --finetune: adapter options KEY=VALUE,... as for extract/build_tfrecords.py
     weight_decay: float = 0.0  # adamw: decoupled weight decay (not on biases / BN)
     log_every: int = 20
     eval_k: tuple = ()  # () -> the dataset's K values (mll_tf/protocols.py: NUS-WIDE 3,5; OpenImages 10,20)
