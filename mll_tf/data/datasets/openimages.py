@@ -1,0 +1,522 @@
+"""Open Images 2018_04 (v4) in LESA's zero-shot protocol: 7186 seen, 2594 unseen (400 evaluated).
+
+Layout under ``root`` (hbdat/cvpr20_LESA ``extract_data/extract_images_VGG_feature_2_TFRecord.py``,
+``extract_test_seen_unseen_images_VGG_feature_2_TFRecord.py``, ``data/OpenImages/2018_04/``;
+METHODS.md §1.5, §1.6, §6.5)::
+
+    2018_04/classes-trainable.txt     7186 seen MIDs, one per line (column order of the seen labels)
+    2018_04/unseen_labels.pkl         pickled numpy object array of the 2594 unseen MIDs
+      (or unseen_labels.txt)          (or one MID per line)
+    2018_04/top_400_unseen.csv        400 indices into the unseen list (UTF-8 BOM, one per line)
+    2018_04/class-descriptions.csv    MID,display name (no header; names may be quoted)
+    2018_04/{train,validation,test}-annotations-human-imagelabels.csv
+                                      ImageID,Source,LabelName,Confidence (human-verified)
+    image_data/{train,validation,test}/<ImageID>.jpg   (the reference's ./image_data/<set>/)
+
+``meta_dir`` and ``image_dir`` (a template with ``{split}`` = ``train``,
+``validation`` or ``test``) are options, relative to ``root`` or absolute.
+
+Labels (int8, METHODS.md §6.2): Confidence 1 -> 1, 0 -> 0, not annotated
+-> -1; columns ``[2594 unseen (pickle order), 7186 seen (classes-trainable
+order)]`` (unseen first, METHODS.md §6.5). A (image, MID) pair annotated
+twice keeps the later row (the reference assigns in file order). A row whose
+MID is in neither list is ignored and counted (``extra["unknown_mid_rows"]``).
+
+What the reference does, and what this adapter does:
+
+* train / validation: the reference stores only the 7186 seen columns
+  (unseen annotations are dropped). Here unseen columns are -1 unless
+  annotated; with ``drop_unseen_train_val=True`` they are all -1, exactly as
+  the reference. Zero-shot training must use only the seen columns.
+* train: the reference skips, batch by batch, images without a positive
+  seen label (``mask = sum(labels > 0) > 0``, METHODS.md §1.4, issue #2);
+  here such images are left out of ``train`` (counted in
+  ``extra["train_images_without_positive_seen"]``, not listed as skipped).
+* images: the reference keeps the images of the CSV whose file exists, in
+  order of first appearance in the CSV; a missing file is listed here in
+  ``skipped`` with reason ``"missing file"``.
+* test: seen and unseen columns (reference ``seen_label``/``unseen_label``);
+  ``extra["label_split"]["unseen_eval"]`` holds the 400 evaluated unseen
+  MIDs in ``top_400_unseen.csv`` order (the reference gathers them in that
+  order for ZSL/GZSL evaluation, METHODS.md §1.6).
+
+Memory (the real train CSV has ≈ 28M rows for ≈ 5.5M images): the CSVs are
+streamed with pandas in chunks of ``chunk_rows`` rows (≈ 100 MB per 1M-row
+chunk; ≈ 1.2 s per 1M rows, so ≈ 35 s for the train CSV); annotations are
+kept sparse (CSR: int16 column + int8 value per annotation ≈ 85 MB for 28M,
+plus ≈ 0.7 GB of int64 indices and sort keys while building), a dict ImageID ->
+index (≈ 0.7 GB for 5.5M ids) exists while a CSV is parsed. ImageIDs are
+then kept as one ``S16`` array (≈ 90 MB) and each record
+(:class:`SparseImageRecord`, ≈ 130 B, ≈ 0.7 GB for the 5.5M train images)
+builds its dense int8 ``[9780]`` label row only when ``record.labels`` is
+read, so no dense ``[5.5M, 9780]`` matrix (≈ 54 GB) is ever held. Checking
+the image files costs one ``stat`` per image.
+"""
+
+import codecs
+import collections
+import csv
+import importlib
+import io
+import os
+import pickle
+
+import numpy as np
+
+from mll_tf.data.adapter import ImageRecord, PreparedDataset
+from mll_tf.data.images import load_rgb_center_crop
+from mll_tf.registry import register_dataset
+
+DEFAULT_ROOT = "data/OpenImages"
+
+#: our split name -> the Open Images / reference set name
+SPLIT_FILES = {"train": "train", "val": "validation", "test": "test"}
+
+PREPROCESSING = (
+    "PIL decode to RGB; shorter side resized to resize_shorter (default size; LESA VGG19: 256 "
+    "for 224), bilinear, aspect kept; central size x size crop; uint8 "
+    "(mll_tf.data.images.load_rgb_center_crop)")
+
+
+# --------------------------------------------------------------------------- label lists
+
+def _safe_codecs_encode(obj, encoding="utf-8", errors="strict"):
+    """``_codecs.encode`` limited to str -> latin-1 bytes (how numpy pickles raw bytes)."""
+    if not isinstance(obj, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refused: _codecs.encode other than str -> latin1 bytes")
+    return codecs.encode(obj, "latin1", errors)
+
+
+def _numpy_private(module, name):
+    """``numpy._core.<module>.<name>`` (NumPy 2) or ``numpy.core.<module>.<name>`` (NumPy 1)."""
+    for mod in (f"numpy._core.{module}", f"numpy.core.{module}"):
+        try:
+            return getattr(importlib.import_module(mod), name)
+        except (ImportError, AttributeError):
+            continue
+    raise pickle.UnpicklingError(f"numpy {module}.{name} not found")
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that only rebuilds builtin containers, strings and numpy arrays.
+
+    Allowed globals: ``numpy.ndarray``, ``numpy.dtype``,
+    ``numpy(.core|._core).multiarray._reconstruct``,
+    ``numpy(.core|._core).numeric._frombuffer`` (protocol 5),
+    ``_codecs.encode`` (str -> latin-1 bytes only) and the builtins ``list``, ``tuple``, ``dict``,
+    ``set``, ``frozenset``, ``str``, ``bytes``, ``int``, ``float``, ``bool``.
+    Anything else raises :class:`pickle.UnpicklingError` naming the global,
+    so a crafted file cannot run code. Used for LESA's ``unseen_labels.pkl``
+    (a numpy object array of str, pickle protocol 2).
+    """
+
+    _BUILTINS = {"list", "tuple", "dict", "set", "frozenset", "str", "bytes", "int", "float",
+                 "bool"}
+
+    def find_class(self, module, name):
+        if module in ("builtins", "__builtin__") and name in self._BUILTINS:
+            return getattr(__import__("builtins"), name)
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
+            return _numpy_private("multiarray", "_reconstruct")
+        if module in ("numpy.core.numeric", "numpy._core.numeric") and name == "_frombuffer":
+            return _numpy_private("numeric", "_frombuffer")
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        if module == "_codecs" and name == "encode":
+            return _safe_codecs_encode
+        raise pickle.UnpicklingError(f"refused global {module}.{name}: only builtin containers, "
+                                     "str and numpy arrays may be unpickled")
+
+
+def load_mid_list_pickle(path):
+    """Read a pickled list/array of MIDs with :class:`RestrictedUnpickler`.
+
+    Returns:
+        list of str.
+
+    Raises:
+        ValueError: naming ``path`` if the pickle is refused, unreadable or
+            not a flat sequence of str.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        obj = RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except Exception as e:  # noqa: BLE001 - any failure is reported with the file name
+        raise ValueError(f"{path}: cannot load the unseen label list: {e}") from e
+    if isinstance(obj, np.ndarray):
+        obj = obj.tolist()
+    if not isinstance(obj, (list, tuple)) or not all(isinstance(m, str) for m in obj):
+        raise ValueError(f"{path}: expected a list/array of MID strings, got {type(obj).__name__}")
+    return [m.strip() for m in obj]
+
+
+def _read_list(path):
+    with open(path, encoding="utf-8-sig") as f:
+        return [s for s in (line.strip() for line in f) if s]
+
+
+def _check_unique(names, path):
+    dup = [n for n, c in collections.Counter(names).items() if c > 1]
+    if dup:
+        raise ValueError(f"{path}: duplicated MIDs {dup[:10]}")
+
+
+def read_top_unseen(path, num_unseen):
+    """Indices of the evaluated unseen labels (``top_400_unseen.csv``, BOM-safe).
+
+    Returns:
+        list of int in ``[0, num_unseen)``, file order.
+
+    Raises:
+        ValueError: naming the file and line for a non-integer, out-of-range
+            or repeated index.
+    """
+    out = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        for line_no, row in enumerate(csv.reader(f), 1):
+            if not row or not row[0].strip():
+                continue
+            try:
+                i = int(row[0].strip())
+            except ValueError:
+                raise ValueError(f"{path}: line {line_no}: {row[0]!r} is not an integer "
+                                 "index") from None
+            if not 0 <= i < num_unseen:
+                raise ValueError(f"{path}: line {line_no}: index {i} outside [0, {num_unseen})")
+            if i in out:
+                raise ValueError(f"{path}: line {line_no}: index {i} repeated")
+            out.append(i)
+    return out
+
+
+def read_class_descriptions(path):
+    """MID -> display name from ``class-descriptions.csv`` (quoted names allowed)."""
+    names = {}
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        for row in csv.reader(f):
+            if len(row) >= 2 and row[0].strip() and row[0] != "LabelName":
+                names[row[0].strip()] = row[1].strip()
+    return names
+
+
+# --------------------------------------------------------------------------- sparse labels
+
+class SparseSplit:
+    """One split's images and labels, stored compactly (CSR), dense rows on demand.
+
+    Attributes:
+        num_labels: int C.
+        root: str, dataset root; ``prefix``: str, image folder relative to it
+            (ending in ``/`` unless empty).
+        ids: numpy ``S``/``U`` array ``[N]`` of ImageIDs.
+        indptr: int64 ``[N + 1]``; image i's entries are ``indptr[i]:indptr[i+1]``.
+        cols: int16/int32 ``[nnz]`` column indices.
+        vals: int8 ``[nnz]`` values in {0, 1}.
+    """
+
+    def __init__(self, num_labels, root, prefix, ids, indptr, cols, vals):
+        self.num_labels = num_labels
+        self.root = root
+        self.prefix = prefix
+        self.ids = ids
+        self.indptr = indptr
+        self.cols = cols
+        self.vals = vals
+
+    def image_id(self, i):
+        """Image path relative to ``root``: ``<prefix><ImageID>.jpg``."""
+        v = self.ids[i]
+        return f"{self.prefix}{v.decode() if isinstance(v, bytes) else v}.jpg"
+
+    def row(self, i):
+        """int8 ``[C]``: 1 / 0 where annotated, -1 elsewhere."""
+        y = np.full(self.num_labels, -1, np.int8)
+        a, b = self.indptr[i], self.indptr[i + 1]
+        y[self.cols[a:b]] = self.vals[a:b]
+        return y
+
+
+class SparseImageRecord(ImageRecord):
+    """An :class:`ImageRecord` whose fields are computed on access.
+
+    ``image_id`` (str), ``path`` (``os.path.join(root, image_id)``) and
+    ``labels`` (int8 ``[C]``, -1 where not annotated) come from the shared
+    :class:`SparseSplit`; a record holds only a reference and an index
+    (≈ 100 B). Pickles as a plain :class:`ImageRecord` with dense labels.
+    """
+
+    __slots__ = ("_split", "_row")
+
+    def __init__(self, split, row):  # noqa: D107 - replaces the dataclass __init__
+        self._split = split
+        self._row = row
+
+    @property
+    def image_id(self):
+        return self._split.image_id(self._row)
+
+    @property
+    def path(self):
+        return os.path.join(self._split.root, self.image_id)
+
+    @property
+    def labels(self):
+        return self._split.row(self._row)
+
+    def __reduce__(self):
+        return (ImageRecord, (self.image_id, self.path, self.labels))
+
+
+# --------------------------------------------------------------------------- adapter
+
+@register_dataset("openimages")
+class OpenImages:
+    """Adapter for Open Images 2018_04, LESA's protocol (METHODS.md §1.5, §1.6, §6.5, §8, §9).
+
+    Args:
+        root: str, dataset folder (module doc); default ``data/OpenImages``.
+        meta_dir: str, folder of the label lists and CSVs, relative to
+            ``root`` or absolute (default ``2018_04``).
+        image_dir: str template with ``{split}`` (``train``, ``validation``,
+            ``test``), relative to ``root`` or absolute (default
+            ``image_data/{split}``, the reference layout).
+        splits: iterable of ``"train"``, ``"val"``, ``"test"`` to read
+            (default all three); each needs its annotation CSV.
+        annotations: str template with ``{split}``, the CSV file name in
+            ``meta_dir`` (default ``{split}-annotations-human-imagelabels.csv``).
+        unseen_file: str or None, unseen MID list in ``meta_dir``; None:
+            ``unseen_labels.pkl`` if present, else ``unseen_labels.txt``.
+        top_unseen_file: str or None, evaluated-unseen index file in
+            ``meta_dir`` (default ``top_400_unseen.csv``); None: evaluate
+            all unseen labels.
+        drop_unseen_train_val: bool, set unseen columns of train/val to -1
+            (the reference keeps no unseen labels there).
+        chunk_rows: int, CSV rows parsed at once.
+
+    ``prepare()`` returns a :class:`PreparedDataset` with ``2594 + 7186``
+    labels named by MID (unseen first), splits ``train``/``val``/``test``
+    (records with int8 labels in {1, 0, -1}), ``image_id`` = image path
+    relative to ``root``, and ``extra`` keys ``label_split``
+    (``unseen``/``seen``/``unseen_eval`` MIDs), ``label_text`` (display names,
+    the MID where none is known), ``eval_k`` ``[10, 20]``, ``protocol``
+    ``"lesa_openimages"``, ``root`` (absolute), ``label_counts_by_split``
+    (positives per MID), ``unknown_mid_rows`` (split -> ignored rows),
+    ``unknown_mid_examples``, ``duplicate_rows`` (split -> repeated
+    (image, MID) rows), ``train_images_without_positive_seen``,
+    ``labels_without_description`` (count) and its ``_examples``.
+
+    Raises (from ``prepare``):
+        FileNotFoundError: a label list, ``class-descriptions.csv`` or a
+            requested split's CSV is missing (named).
+        ValueError: naming the file (and row): a MID both seen and unseen, a
+            duplicated MID, a refused or malformed pickle, a bad top-unseen
+            index, a CSV without the ImageID/LabelName/Confidence columns, or
+            an empty ImageID or a Confidence other than 0/1.
+    """
+
+    name = "openimages"
+
+    def __init__(self, root=DEFAULT_ROOT, meta_dir="2018_04", image_dir="image_data/{split}",
+                 splits=("train", "val", "test"),
+                 annotations="{split}-annotations-human-imagelabels.csv", unseen_file=None,
+                 top_unseen_file="top_400_unseen.csv", drop_unseen_train_val=False,
+                 chunk_rows=1_000_000):
+        self.root = root
+        self.meta_dir = meta_dir
+        self.image_dir = image_dir
+        self.splits = tuple(splits)
+        self.annotations = annotations
+        self.unseen_file = unseen_file
+        self.top_unseen_file = top_unseen_file
+        self.drop_unseen_train_val = bool(drop_unseen_train_val)
+        self.chunk_rows = int(chunk_rows)
+        bad = [s for s in self.splits if s not in SPLIT_FILES]
+        if bad or not self.splits:
+            raise ValueError(f"openimages: splits must be a non-empty subset of "
+                             f"{list(SPLIT_FILES)}, got {list(splits)}")
+        if "{split}" not in image_dir:
+            raise ValueError(f"openimages: image_dir {image_dir!r} must contain '{{split}}'")
+
+    def _meta(self, name):
+        return os.path.join(self.root, self.meta_dir, name)
+
+    def _require(self, path, what):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"openimages: missing {what} {path!r} (LESA 2018_04 layout: "
+                                    "see mll_tf/data/datasets/openimages.py)")
+        return path
+
+    def _label_lists(self):
+        seen_path = self._require(self._meta("classes-trainable.txt"), "seen label list")
+        seen = _read_list(seen_path)
+        _check_unique(seen, seen_path)
+        if self.unseen_file is not None:
+            unseen_path = self._require(self._meta(self.unseen_file), "unseen label list")
+        else:
+            unseen_path = self._meta("unseen_labels.pkl")
+            if not os.path.isfile(unseen_path):
+                unseen_path = self._require(self._meta("unseen_labels.txt"),
+                                            "unseen label list (unseen_labels.pkl or .txt)")
+        if unseen_path.endswith((".pkl", ".pickle")):
+            unseen = load_mid_list_pickle(unseen_path)
+        else:
+            unseen = _read_list(unseen_path)
+        _check_unique(unseen, unseen_path)
+        both = sorted(set(seen) & set(unseen))
+        if both:
+            raise ValueError(f"{unseen_path}: MIDs also in {seen_path}: {both[:10]}")
+        if self.top_unseen_file is None:
+            top = list(range(len(unseen)))
+        else:
+            top = read_top_unseen(self._require(self._meta(self.top_unseen_file),
+                                                "evaluated-unseen index file"), len(unseen))
+        desc = read_class_descriptions(self._require(self._meta("class-descriptions.csv"),
+                                                     "MID -> display name file"))
+        return seen, unseen, top, desc, unseen_path
+
+    def _read_annotations(self, path, column_of, num_labels):
+        """Stream one CSV -> (image ids in first-appearance order, img idx, col, val, stats)."""
+        import pandas as pd
+
+        index = {}
+        ids = []
+        img_parts, col_parts, val_parts = [], [], []
+        unknown = 0
+        unknown_examples = []
+        need = ["ImageID", "LabelName", "Confidence"]
+        try:
+            reader = pd.read_csv(path, usecols=need, chunksize=self.chunk_rows,
+                                 dtype={"ImageID": str, "LabelName": "category"},
+                                 encoding="utf-8-sig", keep_default_na=False)
+            row0 = 2  # file line of the first data row (after the header)
+            for chunk in reader:
+                conf = pd.to_numeric(chunk["Confidence"], errors="coerce").to_numpy(np.float64)
+                bad = np.flatnonzero((conf != 0) & (conf != 1))
+                if len(bad):
+                    j = int(bad[0])
+                    raise ValueError(f"{path}: line {row0 + j}: Confidence "
+                                     f"{chunk['Confidence'].iloc[j]!r} is not 0 or 1")
+                cats = chunk["LabelName"].cat
+                lut = np.array([column_of.get(str(c).strip(), -1) for c in cats.categories]
+                               + [-1], np.int32)
+                cols = lut[cats.codes.to_numpy()]     # code -1 (empty) -> last entry -1
+                miss = cols < 0
+                if miss.any():
+                    unknown += int(miss.sum())
+                    for m in chunk["LabelName"][miss].unique()[:10]:
+                        if len(unknown_examples) < 10 and str(m) not in unknown_examples:
+                            unknown_examples.append(str(m))
+                image_ids = chunk["ImageID"].str.strip()
+                empty = np.flatnonzero((image_ids == "").to_numpy())
+                if len(empty):
+                    raise ValueError(f"{path}: line {row0 + int(empty[0])}: empty ImageID")
+                codes, uniques = pd.factorize(image_ids)
+                glob = np.empty(len(uniques), np.int64)
+                for k, u in enumerate(uniques):
+                    g = index.get(u)
+                    if g is None:
+                        g = index[u] = len(ids)
+                        ids.append(u)
+                    glob[k] = g
+                keep = ~miss
+                img_parts.append(glob[codes[keep]])
+                col_parts.append(cols[keep].astype(np.int16 if num_labels < 32768 else np.int32))
+                val_parts.append(conf[keep].astype(np.int8))
+                row0 += len(chunk)
+        except ValueError as e:
+            if str(e).startswith(path):
+                raise
+            raise ValueError(f"{path}: cannot read the annotations (need columns "
+                             f"{','.join(need)}): {e}") from e
+        cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt))
+        return (ids, cat(img_parts, np.int64), cat(col_parts, np.int16), cat(val_parts, np.int8),
+                unknown, unknown_examples)
+
+    def prepare(self):
+        """Read label lists and CSVs, check image files; return a :class:`PreparedDataset`."""
+        seen, unseen, top, desc, unseen_path = self._label_lists()
+        label_names = unseen + seen
+        num_labels = len(label_names)
+        n_unseen = len(unseen)
+        column_of = {m: i for i, m in enumerate(label_names)}
+        csv_paths = {s: self._require(self._meta(self.annotations.format(split=SPLIT_FILES[s])),
+                                      f"{s} annotation CSV") for s in self.splits}
+        splits, skipped, counts = {}, {}, {}
+        unknown_rows, unknown_examples, duplicates = {}, [], {}
+        without_positive = 0
+        for split in self.splits:
+            ids, img, col, val, unknown, examples = self._read_annotations(
+                csv_paths[split], column_of, num_labels)
+            unknown_rows[split] = unknown
+            unknown_examples += [m for m in examples if m not in unknown_examples]
+            # sort by (image, column), stable: the last row of a repeated pair wins
+            key = img * num_labels + col
+            order = np.argsort(key, kind="stable")
+            key, col, val, img = key[order], col[order], val[order], img[order]
+            last = np.ones(len(key), bool)
+            last[:-1] = key[1:] != key[:-1]
+            duplicates[split] = int(len(key) - last.sum())
+            col, val, img = col[last], val[last], img[last]
+            del key, order, last
+            if split in ("train", "val") and self.drop_unseen_train_val:
+                k = col >= n_unseen
+                col, val, img = col[k], val[k], img[k]
+            n_img = len(ids)
+            indptr = np.zeros(n_img + 1, np.int64)
+            np.cumsum(np.bincount(img, minlength=n_img), out=indptr[1:])
+            try:
+                id_array = np.array(ids, dtype="S")     # ImageIDs are ASCII hex: 1 B/char
+            except UnicodeEncodeError:
+                id_array = np.array(ids, dtype="U")
+            del ids
+            keep = np.ones(n_img, bool)
+            if split == "train":
+                has_pos = np.zeros(n_img, bool)
+                has_pos[img[(val == 1) & (col >= n_unseen)]] = True
+                without_positive = int((~has_pos).sum())
+                keep = has_pos
+            image_root = os.path.join(self.root, self.image_dir.format(split=SPLIT_FILES[split]))
+            rel_dir = os.path.relpath(image_root, self.root).replace(os.sep, "/")
+            rel_dir = "" if rel_dir == "." else rel_dir + "/"
+            table = SparseSplit(num_labels, self.root, rel_dir, id_array, indptr, col, val)
+            records, skips, kept = [], [], np.zeros(n_img, bool)
+            for i in np.flatnonzero(keep).tolist():
+                image_id = table.image_id(i)
+                if not os.path.isfile(os.path.join(self.root, image_id)):
+                    skips.append({"image_id": image_id, "reason": "missing file"})
+                    continue
+                kept[i] = True
+                records.append(SparseImageRecord(table, i))
+            splits[split] = records
+            if skips:
+                skipped[split] = skips
+            pos = kept[img] & (val == 1)
+            c = np.bincount(col[pos].astype(np.int64), minlength=num_labels)
+            counts[split] = dict(zip(label_names, c.astype(int).tolist()))
+        no_desc = [m for m in label_names if m not in desc]
+        extra = {
+            "protocol": "lesa_openimages",
+            "root": os.path.abspath(self.root),
+            "label_split": {"unseen": list(unseen), "seen": list(seen),
+                            "unseen_eval": [unseen[i] for i in top]},
+            "label_text": [desc.get(m, m) for m in label_names],
+            "eval_k": [10, 20],
+            "label_counts_by_split": counts,
+            "label_source": ("human-verified image-level labels: Confidence 1 -> 1, 0 -> 0, "
+                             "not annotated -> -1; columns [unseen (unseen list order), seen "
+                             "(classes-trainable.txt order)]"),
+            "unseen_list_file": os.path.basename(unseen_path),
+            "unknown_mid_rows": unknown_rows,
+            "unknown_mid_examples": unknown_examples,
+            "duplicate_rows": duplicates,
+            "train_images_without_positive_seen": without_positive,
+            "drop_unseen_train_val": self.drop_unseen_train_val,
+            "labels_without_description": len(no_desc),
+            "labels_without_description_examples": no_desc[:20],
+            "image_dir": self.image_dir,
+            "meta_dir": self.meta_dir,
+        }
+        return PreparedDataset(
+            name=self.name, label_names=label_names, splits=splits, skipped=skipped,
+            load_image=load_rgb_center_crop, preprocessing=PREPROCESSING, extra=extra)
