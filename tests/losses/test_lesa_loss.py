@@ -407,3 +407,161 @@ def test_lesa_loss_defaults():
     loss = LESALoss()
     assert (loss.distribution_weight, loss.global_weight, loss.span_weight,
             loss.margin) == (0.1, 0.001, 0.01, 1.0)
+
+
+# ---------------------------------------------------------------------------
+# Ranking loss: the dense [B, C, C] path and the sorted O(C log C) path
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["dense", "sorted"])
+def test_ranking_loss_hand_computed_both_methods(method):
+    # Same hand values as test_ranking_loss_hand_computed,
+    # test_ranking_loss_exact_zero_margin_not_counted and
+    # test_ranking_loss_margin_argument.
+    np.testing.assert_allclose(
+        ranking_loss(RANK_LABELS, RANK_LOGITS, method=method).numpy(),
+        [0.5, 1.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        ranking_loss(np.array([[1, 0, 0]], np.int8),
+                     np.array([[0.0, -1.0, 0.5]], np.float32),
+                     method=method).numpy(), [1.5], rtol=1e-6)
+    np.testing.assert_allclose(
+        ranking_loss(RANK_LABELS[1:2], RANK_LOGITS[1:2], margin=2.0,
+                     method=method).numpy(), [2.0], rtol=1e-6)
+    # Gradients of image 0 and 1 (see test_ranking_loss_ignores_unknown_labels).
+    logits = tf.Variable(RANK_LOGITS)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(ranking_loss(RANK_LABELS, logits, method=method))
+    grad = tape.gradient(loss, logits).numpy()
+    np.testing.assert_allclose(grad, [[-1.0, 0.0, 0.0, 1.0],
+                                      [-1.0, 0.0, 0.5, 0.5],
+                                      [0.0, 0.0, 0.0, 0.0]], atol=1e-6)
+
+
+def _tied_case(seed, b=8, c=37):
+    """Scores on a 0.5 grid (many ties, many exact-margin pairs) and labels
+    with rows that are all-positive, all-negative, all-unknown, and one
+    positive / one negative."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(-1, 2, size=(b, c)).astype(np.int8)
+    labels[0] = 1
+    labels[1] = 0
+    labels[2] = -1
+    labels[3] = -1
+    labels[3, 4], labels[3, 9] = 1, 0
+    logits = (rng.integers(-6, 7, size=(b, c)) * 0.5).astype(np.float32)
+    return labels, logits
+
+
+def _loss_and_grad(labels, logits, **kwargs):
+    var = tf.Variable(logits)
+    weights = np.arange(1.0, len(logits) + 1.0, dtype=np.float32)
+    with tf.GradientTape() as tape:
+        per_image = ranking_loss(labels, var, **kwargs)
+        total = tf.reduce_sum(per_image * weights)
+    return per_image.numpy(), tape.gradient(total, var).numpy()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("margin", [1.0, 0.5])
+def test_ranking_sorted_matches_dense_with_ties(seed, margin):
+    labels, logits = _tied_case(seed)
+    dense, dense_grad = _loss_and_grad(labels, logits, margin=margin,
+                                       method="dense")
+    sorted_, sorted_grad = _loss_and_grad(labels, logits, margin=margin,
+                                          method="sorted")
+    np.testing.assert_allclose(sorted_, dense, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sorted_grad, dense_grad, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sorted_, np_ranking(labels, logits, margin),
+                               rtol=1e-5, atol=1e-6)
+    # Rows without pairs give exactly 0 and no gradient.
+    np.testing.assert_array_equal(sorted_[:3], 0.0)
+    np.testing.assert_array_equal(sorted_grad[:3], 0.0)
+    # One pair (p=4, n=9): h = max(0, margin + s9 - s4), V in {0, 1}.
+    h = max(0.0, margin + float(logits[3, 9]) - float(logits[3, 4]))
+    np.testing.assert_allclose(sorted_[3], h / ((h > 0) + 1e-8), rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed,offset", [(4, 0.0), (5, 0.0), (6, 100.0)])
+def test_ranking_sorted_matches_dense_random_continuous(seed, offset):
+    # offset: scores far from 0 (the sorted path sums t_n before subtracting
+    # s_p, so it must not lose precision with the magnitude of the scores).
+    rng = np.random.default_rng(seed)
+    labels = rng.choice([-1, 0, 1], size=(5, 300),
+                        p=[0.2, 0.6, 0.2]).astype(np.int8)
+    logits = (rng.normal(size=(5, 300)) * 3 + offset).astype(np.float32)
+    dense, dense_grad = _loss_and_grad(labels, logits, method="dense")
+    sorted_, sorted_grad = _loss_and_grad(labels, logits, method="sorted")
+    np.testing.assert_allclose(sorted_, dense, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sorted_grad, dense_grad, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sorted_, np_ranking(labels, logits),
+                               rtol=1e-5, atol=1e-5)
+    # "auto" picks the sorted path above DENSE_RANKING_MAX_CLASSES.
+    auto, _ = _loss_and_grad(labels, logits)
+    np.testing.assert_array_equal(auto, sorted_)
+
+
+def test_ranking_sorted_large_c_is_memory_light(monkeypatch):
+    # OpenImages size: B=4, C=7186, a few positives / negatives per image;
+    # the dense path (4 * 7186^2 floats = 826 MB per temporary) is disabled.
+    import mll_tf.losses.lesa_loss as lesa_loss
+
+    def no_dense(*args, **kwargs):
+        raise AssertionError("dense path used for C=7186")
+
+    monkeypatch.setattr(lesa_loss, "_ranking_loss_dense", no_dense)
+    b, c = 4, 7186
+    rng = np.random.default_rng(0)
+    labels = np.full((b, c), -1, np.int8)
+    logits = rng.normal(size=(b, c)).astype(np.float32)
+    for i in range(b - 1):
+        cols = rng.choice(c, size=12, replace=False)
+        labels[i, cols[:4]] = 1
+        labels[i, cols[4:]] = 0
+    labels[b - 1, :5] = 0                             # no positives
+    var = tf.Variable(logits)
+    with tf.GradientTape() as tape:
+        per_image = ranking_loss(labels, var)
+        total = tf.reduce_sum(per_image)
+    grad = tape.gradient(total, var).numpy()
+    np.testing.assert_allclose(per_image.numpy(), np_ranking(labels, logits),
+                               rtol=1e-5, atol=1e-6)
+    # Gradient by hand per image: -cnt_p / V for positives,
+    # #{p violated by n} / V for negatives, 0 elsewhere.
+    want = np.zeros_like(logits)
+    for i in range(b):
+        pos = np.flatnonzero(labels[i] == 1)
+        neg = np.flatnonzero(labels[i] == 0)
+        viol = (1.0 + logits[i, neg][None, :] - logits[i, pos][:, None]) > 0
+        if viol.sum():
+            want[i, pos] = -viol.sum(axis=1) / viol.sum()
+            want[i, neg] = viol.sum(axis=0) / viol.sum()
+    np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-6)
+    # LESALoss on the same logits uses the sorted path too.
+    outputs = {"logits": logits,
+               "head_logits": np.stack([logits, logits - 1.0], axis=1),
+               "global_logits": logits,
+               "attention_logits": np.ones((b, 1, 3), np.float32)}
+    np.testing.assert_allclose(float(LESALoss()(labels, outputs)["ranking"]),
+                               np_ranking(labels, logits).mean(), rtol=1e-5)
+
+
+def test_ranking_sorted_xla_and_dynamic_shape():
+    labels, logits = _tied_case(7, b=4, c=20)
+    dense = ranking_loss(labels, logits, method="dense").numpy()
+    xla = tf.function(lambda y, s: ranking_loss(y, s, method="sorted"),
+                      jit_compile=True)
+    np.testing.assert_allclose(xla(labels, logits).numpy(), dense, rtol=1e-5,
+                               atol=1e-6)
+    # C unknown when tracing: "auto" takes the sorted path (31-step search).
+    dynamic = tf.function(
+        lambda y, s: ranking_loss(y, s),
+        input_signature=[tf.TensorSpec([None, None], tf.int8),
+                         tf.TensorSpec([None, None], tf.float32)])
+    np.testing.assert_allclose(dynamic(labels, logits).numpy(), dense,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_ranking_loss_unknown_method():
+    with pytest.raises(ValueError, match="method"):
+        ranking_loss(RANK_LABELS, RANK_LOGITS, method="sparse")
