@@ -91,3 +91,20 @@ def test_attribute_table_predictions_use_the_input_columns(tmp_path, capsys):
     for r in rows:
         for attr in ("neck", "sleeve", "pattern"):
             assert r[attr] in exp["spec"][attr]
+
+
+def test_finetune_end_to_end_on_images(job, capsys):
+    """--finetune: backbone + head trained on augmented images, then evaluated on the test images."""
+    run = job / "finetune"
+    opts = f"num_train=48,num_val=16,num_test=16,cache_dir={job / 'grids'}"
+    assert train.main(["--method", "negative", "--dataset", "fashion_mnist_grid", "--finetune", "true",
+                       "--data-root", str(job / "idx"), "--dataset-options", opts, "--input-size", "64",
+                       "--run-dir", str(run), "--epochs", "1", "--batch-size", "8", "--learning-rate", "1e-4",
+                       "--partial-labels", "rps:0.5", "--no-progress"]) == 0
+    assert (run / "best.weights.h5").exists() and (run / "prior.csv").exists()
+    hist = list(csv.DictReader(open(run / "history.csv")))
+    assert len(hist) == 1 and float(hist[0]["train/loss"]) > 0
+    capsys.readouterr()
+    assert evaluate.main(["--run", str(run)]) == 0
+    summary = json.loads((run / "eval_test" / "summary.json").read_text())["results"]
+    assert summary["num_images"] == 16 and 0.0 <= summary["mAP"] <= 1.0
