@@ -406,11 +406,12 @@ def train_lesa(cfg, resume=False, progress=True):
             if new:
                 w.writeheader()
             w.writerow({"epoch": rnd + 1, "step": step, **metrics})
-        ks = cfg.eval_k
+        ks, nan = cfg.eval_k, float("nan")  # F1@K is absent when K exceeds the number of labels
         print(f"round {rnd + 1}/{num_rounds} (step {step}): loss {metrics['train/total']:.4f}  "
               f"val seen mAP {100 * metrics['val/seen/mAP']:.2f} F1@{ks[-1]} "
-              f"{100 * metrics[f'val/seen/F1@{ks[-1]}']:.2f}  "
-              f"val ZSL mAP {100 * metrics['val/zsl/mAP']:.2f} F1@{ks[0]} {100 * metrics[f'val/zsl/F1@{ks[0]}']:.2f}  "
+              f"{100 * metrics.get(f'val/seen/F1@{ks[-1]}', nan):.2f}  "
+              f"val ZSL mAP {100 * metrics['val/zsl/mAP']:.2f} F1@{ks[0]} "
+              f"{100 * metrics.get(f'val/zsl/F1@{ks[0]}', nan):.2f}  "
               f"lr {metrics['lr']:.3g} ({metrics['train/examples_per_sec']:.0f} ex/s)"
               f"{'  *best' if improved else ''}")
     final_path = os.path.join(run_dir, "final_metrics.json")
