@@ -1,0 +1,901 @@
+"""IMCL: interactive multi-label CNN learning with partial labels.
+
+Port of hbdat/cvpr20_IMCL (Huynh & Elhamifar, CVPR 2020): the model of
+METHODS.md §2.1 (linear classifier Theta on [f, 1], optional linear feature
+map Theta_1, asymmetric sigmoid, label clamping, learnable label-dependency
+matrix G restricted to the graph's non-zero pattern) and the alternating
+training step of §2.2 (OMP sparse coding without gradient, then one gradient
+step on ``L_log + lambda_c L_colab + lambda_f L_feat`` with separate
+optimisers for Theta, G and the backbone).
+
+Reference files: ``colaborative_loss.py`` (``asym_sigmoid``, the OMP and the
+residuals), ``D_utility.py`` (``preprocessing_graph``),
+``OpenImages_experiments/interactive_learning_OpenImages.py`` (fixed-feature
+model, G variables, lambda calibration, optimisers, G clipping) and
+``OpenImages_experiments/e2e_interactive_learning_OpenImages.py`` (backbone).
+
+Label conventions. Public inputs use the mll_tf convention (``1`` present,
+``0`` absent, ``-1`` unknown). IMCL's formulas use y = +1 / -1 / 0
+(METHODS.md §6.2); the conversion happens at the boundary:
+:class:`IMCLDictionary` converts the dictionary labels once with
+:func:`mll_tf.labels.to_pm1`, and the batch labels are converted in-graph by
+:func:`labels_to_pm1` (the same rule ``where(y < 0, 0, 2y - 1)``, tested to
+agree). :func:`clamp_labels` takes +1/-1/0 targets, as in the reference.
+
+The model and losses use ``keras.ops``; the training-step builders use
+``tf`` (tf.function, GradientTape, tf.Variable), like the other training code.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from mll_tf import labels as mll_labels
+from mll_tf.graphs.label_graph import identity_graph, preprocess_graph
+from mll_tf.losses.imcl_loss import (IMCLLoss, calibrate_lambdas,
+                                     masked_logistic_loss)
+from mll_tf.ops.omp import batched_omp
+
+#: Upper clip of the clamped targets (reference ``upper_bound``).
+TARGET_UPPER_BOUND = 10.0
+#: Clip of the asymmetric sigmoid's argument (reference).
+ASYM_SIGMOID_CLIP = 80.0
+
+
+def asym_sigmoid(x, c):
+    """Asymmetric sigmoid sigma_c with range (-1/c, 1) (METHODS.md §2.1).
+
+    ``y = clip(x + 0.5 ln(1/c), -80, 80)``,
+    ``sigma_c(x) = (e^y - (1/c) e^-y) / (e^y + e^-y)``
+    (reference ``colaborative_loss.asym_sigmoid``). Equivalently
+    ``sigma_c(x) = (e^{2x} - 1) / (e^{2x} + c)`` before the clip: c = 1 gives
+    tanh; c = 2 (OpenImages, CUB) maps to (-0.5, 1) with sigma_c(0) = 0.
+
+    Args:
+        x: float tensor of any shape (logits).
+        c: float > 0.
+
+    Returns:
+        float32 tensor of the same shape, values in [-1/c, 1] (the bounds
+        are reached only through float rounding at the clip).
+    """
+    c = float(c)
+    x = ops.cast(x, "float32")
+    y = ops.clip(x + 0.5 * np.log(1.0 / c), -ASYM_SIGMOID_CLIP,
+                 ASYM_SIGMOID_CLIP)
+    ep, en = ops.exp(y), ops.exp(-y)
+    return (ep - en / c) / (ep + en)
+
+
+def clamp_labels(pred, y_pm1, c):
+    """Keep observed labels, fill unknown ones with the prediction.
+
+    ``(1 - |clip(y, -1, 1)|) * pred + clip(y, -1/c, 10)`` (METHODS.md §2.1;
+    reference ``is_clamp_label``): an entry with y = +1 becomes 1, y = -1
+    becomes -1/c and y = 0 (unknown) becomes ``pred``.
+
+    Args:
+        pred: float tensor [..., C], e.g. ``asym_sigmoid(logits, c)``.
+        y_pm1: tensor broadcastable to ``pred`` in the IMCL coding +1 present,
+            -1 absent, 0 unknown (use :func:`labels_to_pm1` on mll_tf labels).
+        c: float > 0.
+
+    Returns:
+        float32 tensor shaped like ``pred``.
+    """
+    y = ops.cast(y_pm1, "float32")
+    keep = 1.0 - ops.abs(ops.clip(y, -1.0, 1.0))
+    return keep * ops.cast(pred, "float32") + ops.clip(
+        y, -1.0 / float(c), TARGET_UPPER_BOUND)
+
+
+def labels_to_pm1(labels):
+    """In-graph mll_tf {1, 0, -1} -> IMCL {+1, -1, 0}, float32.
+
+    The rule of :func:`mll_tf.labels.to_pm1` (``where(y < 0, 0, 2y - 1)``,
+    METHODS.md §6.2) for tensors; values are not validated here.
+    """
+    y = ops.cast(labels, "float32")
+    return ops.where(y < 0, ops.zeros_like(y), 2.0 * y - 1.0)
+
+
+@keras.saving.register_keras_serializable(package="mll_tf")
+class UnitInterval(keras.constraints.Constraint):
+    """Clips a weight to [0, 1] after each optimiser update.
+
+    IMCL clips G to [0, 1] after every step on OpenImages (``is_nonzero_G``,
+    ``op_G_nonnegative``; METHODS.md §2.1).
+    """
+
+    def __call__(self, w):
+        return ops.clip(w, 0.0, 1.0)
+
+
+@keras.saving.register_keras_serializable(package="mll_tf")
+class LabelDependency(keras.layers.Layer):
+    """Learnable label-dependency matrix G on a fixed sparsity pattern.
+
+    ``G = scatter(indices, values, [C, C])``: only the non-zero entries of the
+    preprocessed graph are variables (``values`` [nnz], trainable) at fixed
+    positions (``indices`` [nnz, 2] int32, non-trainable), as the reference's
+    ``G_var`` + ``tf.scatter_nd`` with ``is_optimize_all_G=True`` (the
+    diagonal is learnable too). Every other entry of G is exactly 0 for ever;
+    a learnable entry may reach 0 through clipping but keeps its slot.
+    Calling the layer computes ``inputs @ G``.
+
+    Why values + scatter (not a dense masked variable): the optimiser state
+    and update touch only nnz entries, and the pattern is exact by
+    construction. For C = 1000 the dense G is rebuilt with one scatter of nnz
+    values per step (about 4 MB), and the gradient is a gather of nnz entries
+    of the dense gradient.
+
+    Args:
+        graph: float array-like [C, C] or None. The raw graph (counts, 0/1,
+            P(j|i), ...), preprocessed with
+            :func:`mll_tf.graphs.label_graph.preprocess_graph` (diagonal 1,
+            columns summing to 1) unless ``preprocess=False``. None: the
+            identity when ``num_nonzero`` is None, otherwise zero placeholders
+            of size ``num_nonzero`` to be filled from saved weights
+            (``from_config``).
+        num_labels: int or None, C (inferred from ``graph``).
+        num_nonzero: int or None, nnz (inferred from ``graph``).
+        preprocess: bool, apply ``preprocess_graph`` to ``graph``. Do not
+            preprocess twice (the diagonal is reset to 1).
+        clip: bool, attach :class:`UnitInterval` to ``values`` so each
+            optimiser update is followed by clipping to [0, 1].
+        **kwargs: passed to ``keras.layers.Layer``.
+
+    Call args:
+        inputs: float tensor [..., C].
+
+    Returns:
+        float32 tensor [..., C], ``inputs @ G``.
+
+    Raises:
+        ValueError: if ``graph`` is not square, disagrees with
+            ``num_labels``, or neither is given.
+    """
+
+    def __init__(self, graph=None, num_labels=None, num_nonzero=None,
+                 preprocess=True, clip=True, **kwargs):
+        super().__init__(**kwargs)
+        if graph is None and num_nonzero is None:
+            if num_labels is None:
+                raise ValueError("LabelDependency: give graph or num_labels")
+            graph = identity_graph(num_labels)
+        if graph is not None:
+            graph = np.asarray(graph)
+            if graph.ndim != 2 or graph.shape[0] != graph.shape[1]:
+                raise ValueError(f"LabelDependency: graph must be [C, C], got "
+                                 f"shape {graph.shape}")
+            if num_labels is not None and int(num_labels) != graph.shape[0]:
+                raise ValueError(f"LabelDependency: num_labels={num_labels} "
+                                 f"but graph is {graph.shape[0]}x"
+                                 f"{graph.shape[0]}")
+            g = (preprocess_graph(graph) if preprocess
+                 else np.asarray(graph, np.float32))
+            rows, cols = np.nonzero(g)
+            init_values = g[rows, cols].astype(np.float32)
+            init_indices = np.stack([rows, cols], axis=1).astype(np.int32)
+            num_labels, num_nonzero = g.shape[0], len(init_values)
+        else:
+            if num_labels is None:
+                raise ValueError("LabelDependency: num_nonzero needs "
+                                 "num_labels")
+            init_values = init_indices = None
+        self.num_labels = int(num_labels)
+        self.num_nonzero = int(num_nonzero)
+        self.preprocess = bool(preprocess)
+        self.clip = bool(clip)
+        self.values = self.add_weight(
+            shape=(self.num_nonzero,), initializer="zeros",
+            constraint=UnitInterval() if self.clip else None, name="values")
+        self.indices = self.add_weight(
+            shape=(self.num_nonzero, 2), initializer="zeros", dtype="int32",
+            trainable=False, name="indices")
+        if init_values is not None:
+            self.values.assign(init_values)
+            self.indices.assign(init_indices)
+        self.built = True
+
+    def dense(self):
+        """The dense G, float32 [C, C]."""
+        return ops.scatter(ops.convert_to_tensor(self.indices),
+                           ops.convert_to_tensor(self.values),
+                           (self.num_labels, self.num_labels))
+
+    def clip_to_unit(self):
+        """Clip the learnable entries to [0, 1] in place."""
+        self.values.assign(ops.clip(self.values, 0.0, 1.0))
+
+    def call(self, inputs):
+        return ops.matmul(ops.cast(inputs, "float32"), self.dense())
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_labels": self.num_labels,
+                       "num_nonzero": self.num_nonzero,
+                       "preprocess": self.preprocess, "clip": self.clip})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mll_tf")
+class IMCLModel(keras.Model):
+    """IMCL classifier with a learnable label-dependency matrix.
+
+    Forward pass (METHODS.md §2.1):
+
+    1. ``pool``: the optional ``backbone`` maps inputs to [B, h, w, D] (mean
+       over h, w) or [B, D]; without a backbone the inputs are features
+       [B, D] or regions [B, R, D] (mean over R).
+    2. ``embed``: with ``feature_map=True`` the linear map
+       ``Theta_1`` (``Dense(D)``, identity kernel, zero bias, i.e. the
+       reference's [f, 1] Theta_1 with Theta_1 = eye(D+1, D)); else identity.
+    3. logits ``s = [e, 1] Theta`` (``Dense(C)`` with bias = the folded row).
+    4. ``predictions``: ``asym_sigmoid(s, c)``, clamped where labels are
+       given; ``propagated``: ``asym_sigmoid(s, c) @ G`` then clamped (the
+       dictionary side of the OMP and of L_colab, and the reference's
+       ``validate_Prediction_G``).
+    5. ``omp_features``: ``[e, 1]``, the feature vectors of the OMP and of
+       L_feat (reference ``F_f = [F Theta_1, 1]``).
+
+    Args:
+        num_labels: int, C.
+        graph: float array-like [C, C] or None, the raw label graph for
+            :class:`LabelDependency` (None: identity, or placeholders when
+            ``num_nonzero`` is given).
+        num_nonzero: int or None, see :class:`LabelDependency`.
+        c: float > 0, the asymmetric sigmoid's c (2: OpenImages/CUB, 1: COCO).
+        feature_map: bool, add the linear map Theta_1 (fixed-feature variant).
+        feature_dim: int or None, D, the pooled feature dimension. Needed only
+            when it cannot be inferred (a backbone without
+            ``compute_output_shape``).
+        backbone: optional ``keras.Model`` mapping images to [B, h, w, D] or
+            [B, D] (end-to-end variant).
+        clip_graph: bool, clip G to [0, 1] after each update.
+        preprocess_graph: bool, column-normalise ``graph`` (see
+            :class:`LabelDependency`).
+        **kwargs: passed to ``keras.Model``.
+
+    Call args:
+        inputs: float32 [B, D] / [B, R, D] features, or backbone inputs.
+        training: bool, passed to the backbone.
+
+    Returns (``call``):
+        float32 logits [B, C] (unbounded).
+
+    Raises:
+        ValueError: for invalid ``num_labels``, ``c`` or inputs of rank < 2.
+
+    Example:
+        >>> model = IMCLModel(3, graph=np.ones((3, 3)), feature_map=True)
+        >>> model(np.zeros((2, 5), "float32")).shape
+        TensorShape([2, 3])
+    """
+
+    def __init__(self, num_labels, graph=None, num_nonzero=None, c=2.0,
+                 feature_map=False, feature_dim=None, backbone=None,
+                 clip_graph=True, preprocess_graph=True, **kwargs):
+        super().__init__(**kwargs)
+        if int(num_labels) < 1:
+            raise ValueError(f"IMCLModel: num_labels must be >= 1, got "
+                             f"{num_labels}")
+        if not float(c) > 0:
+            raise ValueError(f"IMCLModel: c must be > 0, got {c}")
+        self.num_labels = int(num_labels)
+        self.c = float(c)
+        self.feature_map = bool(feature_map)
+        self.feature_dim = None if feature_dim is None else int(feature_dim)
+        self.backbone = backbone
+        self.clip_graph = bool(clip_graph)
+        self.preprocess_graph = bool(preprocess_graph)
+        self.label_dependency = LabelDependency(
+            graph, num_labels=self.num_labels, num_nonzero=num_nonzero,
+            preprocess=self.preprocess_graph, clip=self.clip_graph,
+            name="label_dependency")
+        self.num_nonzero = self.label_dependency.num_nonzero
+        self.classifier = keras.layers.Dense(self.num_labels, name="theta")
+        self.theta_1 = None
+
+    def _pooled_dim(self, input_shape):
+        if self.feature_dim is not None:
+            return self.feature_dim
+        shape = input_shape
+        if self.backbone is not None:
+            try:
+                shape = self.backbone.compute_output_shape(input_shape)
+            except Exception as e:  # noqa: BLE001 - any failure: ask for D
+                raise ValueError("IMCLModel: cannot infer the backbone's "
+                                 "output dimension; pass feature_dim") from e
+        if shape[-1] is None:
+            raise ValueError("IMCLModel: the feature dimension is unknown; "
+                             "pass feature_dim")
+        return int(shape[-1])
+
+    def build(self, input_shape):
+        if len(input_shape) < 2:
+            raise ValueError(f"IMCLModel expects inputs of rank >= 2, got "
+                             f"shape {input_shape}")
+        dim = self._pooled_dim(input_shape)
+        self.feature_dim = dim
+        if self.feature_map and self.theta_1 is None:
+            self.theta_1 = keras.layers.Dense(
+                dim, kernel_initializer="identity", bias_initializer="zeros",
+                name="theta_1")
+            self.theta_1.build((None, dim))
+        self.classifier.build((None, dim))
+        self.built = True
+
+    # --- pieces of the forward pass -------------------------------------
+    def pool(self, inputs, training=False):
+        """Backbone (if any) and mean pooling: -> float32 [B, D]."""
+        x = inputs
+        if self.backbone is not None:
+            x = self.backbone(x, training=training)
+        x = ops.cast(x, "float32")
+        rank = len(x.shape)
+        if rank == 4:
+            x = ops.mean(x, axis=(1, 2))
+        elif rank == 3:
+            x = ops.mean(x, axis=1)
+        elif rank != 2:
+            raise ValueError(f"IMCLModel: pooled features must have rank 2-4, "
+                             f"got shape {x.shape}")
+        return x
+
+    def embed(self, pooled):
+        """Theta_1 map (identity without ``feature_map``): [B, D] -> [B, D]."""
+        return pooled if self.theta_1 is None else self.theta_1(pooled)
+
+    def omp_features(self, embedded):
+        """``[e, 1]``: [..., D] -> [..., D + 1] (reference ``padding_one``)."""
+        return ops.concatenate(
+            [embedded, ops.ones_like(embedded[..., :1])], axis=-1)
+
+    def logits_from_pooled(self, pooled):
+        """Logits [B, C] from pooled features [B, D]."""
+        return self.classifier(self.embed(pooled))
+
+    def call(self, inputs, training=False):
+        return self.logits_from_pooled(self.pool(inputs, training=training))
+
+    def predictions(self, logits, labels=None):
+        """``asym_sigmoid(logits, c)``, clamped where ``labels`` are known.
+
+        Args:
+            logits: float [..., C].
+            labels: optional tensor [..., C] in the mll_tf convention.
+
+        Returns:
+            float32 [..., C] in [-1/c, 1].
+        """
+        pred = asym_sigmoid(logits, self.c)
+        if labels is None:
+            return pred
+        return clamp_labels(pred, labels_to_pm1(labels), self.c)
+
+    def propagated(self, x, labels=None, from_logits=False, training=False,
+                   labels_pm1=None):
+        """``clamp(asym_sigmoid(s, c) @ G)``: predictions through G.
+
+        Args:
+            x: inputs of :meth:`call`, or logits [..., C] with
+                ``from_logits=True``.
+            labels: optional mll_tf labels [..., C]; observed entries are
+                clamped to +1 / -1/c after the propagation (reference).
+            from_logits: bool, ``x`` holds logits.
+            training: bool, passed to the backbone.
+            labels_pm1: optional labels already in +1/-1/0 (instead of
+                ``labels``).
+
+        Returns:
+            float32 [..., C].
+        """
+        logits = x if from_logits else self(x, training=training)
+        out = self.label_dependency(asym_sigmoid(logits, self.c))
+        if labels is not None:
+            labels_pm1 = labels_to_pm1(labels)
+        if labels_pm1 is not None:
+            out = clamp_labels(out, labels_pm1, self.c)
+        return out
+
+    def variable_groups(self):
+        """Trainable variables by optimiser group.
+
+        Returns:
+            dict ``{"classifier": Theta (+ Theta_1), "graph": [G values],
+            "backbone": backbone variables}`` (lists, possibly empty).
+        """
+        classifier = list(self.classifier.trainable_variables)
+        if self.theta_1 is not None:
+            classifier = list(self.theta_1.trainable_variables) + classifier
+        backbone = ([] if self.backbone is None
+                    else list(self.backbone.trainable_variables))
+        return {"classifier": classifier,
+                "graph": list(self.label_dependency.trainable_variables),
+                "backbone": backbone}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_labels": self.num_labels,
+            "num_nonzero": self.num_nonzero,
+            "c": self.c,
+            "feature_map": self.feature_map,
+            "feature_dim": self.feature_dim,
+            "backbone": (None if self.backbone is None else
+                         keras.saving.serialize_keras_object(self.backbone)),
+            "clip_graph": self.clip_graph,
+            "preprocess_graph": self.preprocess_graph,
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config.pop("graph", None)
+        if config.get("backbone") is not None:
+            config["backbone"] = keras.saving.deserialize_keras_object(
+                config["backbone"])
+        return cls(**config)
+
+
+class IMCLDictionary:
+    """The OMP dictionary: pooled features and IMCL-coded labels as Variables.
+
+    Holds ``features`` (float32 [N, D], what :meth:`IMCLModel.pool` returns:
+    the fixed features, or the backbone features of the end-to-end variant)
+    and ``labels_pm1`` (float32 [N, C] in +1/-1/0, converted once from mll_tf
+    labels with :func:`mll_tf.labels.to_pm1`). Both are non-trainable
+    ``tf.Variable``s so a training step traced once keeps working after
+    :meth:`assign` / :meth:`refresh_features` (e.g. every 250 iterations in
+    the reference's e2e OpenImages run).
+
+    Args:
+        features: float array-like [N, D] (or [N, R, D], mean-pooled here).
+        labels: int array-like [N, C] in {1, 0, -1}.
+
+    Raises:
+        ValueError: on bad shapes or label values.
+    """
+
+    def __init__(self, features, labels):
+        feats = self._pool(features)
+        pm1 = self._labels(labels, feats.shape[0])
+        self.features = tf.Variable(feats, trainable=False,
+                                    name="dictionary_features")
+        self.labels_pm1 = tf.Variable(pm1, trainable=False,
+                                      name="dictionary_labels_pm1")
+
+    @staticmethod
+    def _pool(features):
+        f = np.asarray(features, np.float32)
+        if f.ndim == 3:
+            f = f.mean(axis=1)
+        if f.ndim != 2:
+            raise ValueError(f"dictionary features must be [N, D] or "
+                             f"[N, R, D], got shape {f.shape}")
+        return f
+
+    @staticmethod
+    def _labels(labels, n):
+        y = mll_labels.to_pm1(np.asarray(labels)).astype(np.float32)
+        if y.ndim != 2 or y.shape[0] != n:
+            raise ValueError(f"dictionary labels must be [N={n}, C], got "
+                             f"shape {y.shape}")
+        return y
+
+    @property
+    def num_entries(self):
+        return int(self.features.shape[0])
+
+    def assign(self, features=None, labels=None):
+        """Replace features and/or labels (same shapes as before)."""
+        if features is not None:
+            self.features.assign(self._pool(features))
+        if labels is not None:
+            self.labels_pm1.assign(self._labels(labels, self.num_entries))
+
+    def refresh_features(self, model, inputs, batch_size=32):
+        """Recompute ``features`` as ``model.pool(inputs)`` (inference mode).
+
+        Args:
+            model: :class:`IMCLModel` (with its backbone, end-to-end variant).
+            inputs: array-like [N, ...] of backbone inputs (images), in the
+                dictionary's order.
+            batch_size: int, images per forward pass.
+        """
+        out = []
+        for start in range(0, self.num_entries, int(batch_size)):
+            batch = inputs[start:start + int(batch_size)]
+            out.append(np.asarray(model.pool(batch, training=False)))
+        self.features.assign(np.concatenate(out).astype(np.float32))
+
+
+JIT_MODES = (False, True, "optimizer")
+
+
+def _check_jit(jit_compile):
+    if jit_compile not in JIT_MODES:
+        raise ValueError(f"jit_compile must be one of {JIT_MODES}, got "
+                         f"{jit_compile!r}")
+    return jit_compile
+
+
+class _Applier:
+    """``opt.apply_gradients`` per group, optionally XLA-compiled alone.
+
+    With ``jit_compile="optimizer"`` the step runs as a plain tf.function
+    (TensorFlow's oneDNN kernels for the large matmuls, which XLA's CPU
+    backend runs slower here) while each optimiser update, dozens of
+    element-wise ops per variable, is one nested XLA cluster.
+    """
+
+    def __init__(self, groups, jit):
+        self.groups = groups
+        self.jit = jit
+        self._compiled = {}
+
+    def __call__(self, grads):
+        start = 0
+        for i, (opt, vs) in enumerate(self.groups):
+            pairs = [(g, v) for g, v in zip(grads[start:start + len(vs)], vs)
+                     if g is not None]
+            start += len(vs)
+            if not pairs:
+                continue
+            if self.jit != "optimizer":
+                opt.apply_gradients(pairs)
+                continue
+            if i not in self._compiled:
+                self._compiled[i] = _compiled_apply(opt,
+                                                    [v for _, v in pairs])
+            self._compiled[i]([g for g, _ in pairs])
+
+
+def _compiled_apply(optimizer, variables):
+    """XLA-compiled ``optimizer.apply_gradients`` on fixed variables."""
+
+    def apply(grads):
+        optimizer.apply_gradients(zip(grads, variables))
+        return tf.constant(0)
+
+    return tf.function(apply, jit_compile=True)
+
+
+def refresh_dictionary(model, dictionary, images, batch_size=32):
+    """End-to-end variant: recompute the dictionary features with the backbone.
+
+    ``dictionary.features <- model.pool(images)`` in inference mode (the
+    reference re-extracts them every 250 iterations on OpenImages e2e and
+    every 3000 on MSCOCO; METHODS.md §2.2). The labels are unchanged. With
+    ``dict_refresh_every > 1`` call ``step.refresh_cache()`` afterwards.
+
+    Args:
+        model: :class:`IMCLModel` with a backbone.
+        dictionary: :class:`IMCLDictionary`.
+        images: array-like [N, ...] backbone inputs in the dictionary order.
+        batch_size: int.
+    """
+    dictionary.refresh_features(model, images, batch_size=batch_size)
+
+
+def _group_by_optimizer(model, optimizers):
+    """[(optimizer, [variables])] with groups sharing an optimiser merged."""
+    if "classifier" not in optimizers or optimizers["classifier"] is None:
+        raise ValueError("optimizers must have a 'classifier' optimiser")
+    unknown = set(optimizers) - {"classifier", "graph", "backbone"}
+    if unknown:
+        raise ValueError(f"unknown optimiser groups {sorted(unknown)}; use "
+                         "'classifier', 'graph', 'backbone'")
+    default = optimizers["classifier"]
+    merged = {}
+    for group, variables in model.variable_groups().items():
+        if not variables:
+            continue
+        opt = optimizers.get(group) or default
+        merged.setdefault(id(opt), (opt, []))[1].extend(variables)
+    pairs = list(merged.values())
+    for opt, variables in pairs:
+        opt.build(variables)
+    return pairs
+
+
+class IMCLTrainStep:
+    """One IMCL training iteration: OMP (no gradient), then a gradient step.
+
+    For a batch (METHODS.md §2.2; reference ``sess.run([train, train_G])``):
+
+    1. dictionary side (no gradient): ``Y_dict = clamp(asym_sigmoid(F_dict
+       Theta) G)`` and ``F_dict = [e(F_dict), 1]`` with the current
+       parameters, recomputed every ``dict_refresh_every`` steps (1 = every
+       step, the reference);
+    2. query side: logits, ``y_hat = clamp(asym_sigmoid(s))`` (no G) and
+       ``[e, 1]``; :func:`mll_tf.ops.omp.batched_omp` with
+       ``lambda_label = lambda_c``, ``lambda_feature = lambda_f`` (the
+       reference passes its loss weights) picks atoms and coefficients;
+    3. the selected atoms are recomputed from the stored pooled features with
+       the *current* parameters (with gradient to Theta, Theta_1, G), and
+       :class:`mll_tf.losses.imcl_loss.IMCLLoss` gives
+       ``L_log + lambda_c L_colab + lambda_f L_feat``;
+    4. gradients are applied with one optimiser per group (Theta (+Theta_1),
+       G, backbone); G's constraint clips it to [0, 1].
+
+    ``dict_refresh_every > 1`` is an approximation the reference does not
+    make: the OMP *selection* then uses dictionary predictions up to
+    ``dict_refresh_every - 1`` steps old (the loss always uses current
+    parameters). It removes the O(N D C + N C^2) dictionary forward pass that
+    dominates the step (see ``benchmarks/bench_imcl.py``).
+
+    Call ``step(features, labels)`` -> dict of float32 scalars ``"total"``,
+    ``"logistic"``, ``"colab"``, ``"feature"`` and ``"num_selected"`` (mean
+    support size). ``step.train_step`` is the underlying ``tf.function``
+    (refresh the cache yourself with ``step.refresh_cache()`` when calling it
+    directly with ``dict_refresh_every > 1``).
+
+    Single replica: the reductions are the local-batch reference ones (the
+    loss accepts global counts for a distributed trainer).
+
+    Args:
+        model: built :class:`IMCLModel`.
+        optimizers: dict ``{"classifier": opt, "graph": opt or None,
+            "backbone": opt or None}``; a missing/None group uses the
+            classifier optimiser (MSCOCO uses one optimiser). Each optimiser
+            is built here on its variables.
+        dictionary: :class:`IMCLDictionary` or a ``(features, labels)`` pair.
+        loss: :class:`IMCLLoss` or None. Its ``lambda_colab`` /
+            ``lambda_feature`` initialise the variables ``lambda_colab`` /
+            ``lambda_feature`` of this object (see :meth:`calibrate`).
+        k: int, OMP sparsity (3; 1 in the fixed-feature OpenImages run).
+        threshold: float, OMP ``thresold_coeff`` (1e-3 OpenImages).
+        balance: bool, OMP ``is_balance`` (False in the experiments).
+        use_feature_term: bool. False: lambda_f is the constant 0 (the OMP
+            skips the feature scores after its first step and L_feat is not
+            computed).
+        dedup_tol: float, OMP near-duplicate distance.
+        dict_refresh_every: int >= 1 (above).
+        jit_compile: False, True (XLA-compile the whole step) or
+            ``"optimizer"`` (compile only the optimiser updates; the fastest
+            on CPU in ``benchmarks/bench_imcl.py``).
+
+    Raises:
+        ValueError: for missing/unknown optimiser groups, an unbuilt model,
+            ``dict_refresh_every < 1`` or an invalid ``jit_compile``.
+    """
+
+    def __init__(self, model, optimizers, dictionary, loss=None, k=3,
+                 threshold=1e-3, balance=False, use_feature_term=True,
+                 dedup_tol=1e-3, dict_refresh_every=1, jit_compile=False):
+        if not isinstance(dictionary, IMCLDictionary):
+            dictionary = IMCLDictionary(*dictionary)
+        if not model.built:
+            if model.backbone is not None:
+                raise ValueError("build the model (call it once) first")
+            model(dictionary.features[:1])
+        if int(dict_refresh_every) < 1:
+            raise ValueError(f"dict_refresh_every must be >= 1, got "
+                             f"{dict_refresh_every}")
+        self.model = model
+        self.dictionary = dictionary
+        self.loss = loss if loss is not None else IMCLLoss()
+        self.k = int(k)
+        self.threshold = float(threshold)
+        self.balance = bool(balance)
+        self.use_feature_term = bool(use_feature_term)
+        self.dedup_tol = float(dedup_tol)
+        self.dict_refresh_every = int(dict_refresh_every)
+        self.jit_compile = _check_jit(jit_compile)
+        self.lambda_colab = tf.Variable(self.loss.lambda_colab,
+                                        trainable=False, dtype=tf.float32,
+                                        name="lambda_colab")
+        self.lambda_feature = tf.Variable(
+            self.loss.lambda_feature if self.use_feature_term else 0.0,
+            trainable=False, dtype=tf.float32, name="lambda_feature")
+        self.iterations = 0
+        self._groups = _group_by_optimizer(model, optimizers)
+        self._apply = _Applier(self._groups, self.jit_compile)
+        outer_jit = self.jit_compile is True
+        n = dictionary.num_entries
+        e = model.feature_dim + 1
+        self._cache = None
+        if self.dict_refresh_every > 1:
+            self._cache = [
+                tf.Variable(tf.zeros([n, model.num_labels]), trainable=False),
+                tf.Variable(tf.zeros([n, e]), trainable=False),
+                tf.Variable(tf.zeros([n]), trainable=False),
+                tf.Variable(tf.zeros([n]), trainable=False)]
+        self.train_step = tf.function(self._train_step,
+                                      jit_compile=outer_jit)
+        self._evaluate = tf.function(self._evaluate_losses)
+        self._refresh = tf.function(self._refresh_cache,
+                                    jit_compile=outer_jit)
+
+    # --- dictionary side --------------------------------------------------
+    def _dictionary_side(self):
+        m = self.model
+        emb = m.embed(self.dictionary.features)
+        logits = m.classifier(emb)
+        y = m.propagated(logits, from_logits=True,
+                         labels_pm1=self.dictionary.labels_pm1)
+        f = m.omp_features(emb)
+        return (y, f, tf.reduce_sum(tf.square(y), axis=1),
+                tf.reduce_sum(tf.square(f), axis=1))
+
+    def _refresh_cache(self):
+        for var, value in zip(self._cache, self._dictionary_side()):
+            var.assign(value)
+        return tf.constant(0)
+
+    def refresh_cache(self):
+        """Recompute the cached dictionary predictions (refresh > 1 only)."""
+        if self._cache is not None:
+            self._refresh()
+
+    def _dict_terms(self):
+        if self._cache is not None:
+            return [tf.convert_to_tensor(v) for v in self._cache]
+        return [tf.stop_gradient(t) for t in self._dictionary_side()]
+
+    # --- forward + loss ---------------------------------------------------
+    def _lambda_feature(self, override=None):
+        if not self.use_feature_term:
+            return 0.0
+        return self.lambda_feature if override is None else override
+
+    def _forward(self, features, labels, dict_terms, training,
+                 lambda_colab=None, lambda_feature=None):
+        m = self.model
+        lam_c = self.lambda_colab if lambda_colab is None else lambda_colab
+        lam_f = self._lambda_feature(lambda_feature)
+        dict_y, dict_f, dict_ny, dict_nf = dict_terms
+        y_pm1 = labels_to_pm1(labels)
+        emb = m.embed(m.pool(features, training=training))
+        logits = m.classifier(emb)
+        y_hat = clamp_labels(asym_sigmoid(logits, m.c), y_pm1, m.c)
+        q_feat = m.omp_features(emb)
+        indices, coef_l, coef_f, num = batched_omp(
+            tf.stop_gradient(y_hat), tf.stop_gradient(q_feat), dict_y, dict_f,
+            k=self.k, lambda_label=lam_c, lambda_feature=lam_f,
+            threshold=self.threshold, balance=self.balance,
+            dedup_tol=self.dedup_tol, dict_label_sq_norms=dict_ny,
+            dict_feature_sq_norms=dict_nf)
+        safe = tf.maximum(indices, 0)
+        batch = tf.shape(indices)[0]
+        atoms = tf.gather(self.dictionary.features, tf.reshape(safe, [-1]))
+        atom_emb = m.embed(atoms)                                 # [Bk, D]
+        atom_pm1 = tf.gather(self.dictionary.labels_pm1,
+                             tf.reshape(safe, [-1]))
+        atom_y = m.propagated(m.classifier(atom_emb), from_logits=True,
+                              labels_pm1=atom_pm1)
+        atom_y = tf.reshape(atom_y, [batch, self.k, m.num_labels])
+        atom_f = tf.reshape(m.omp_features(atom_emb),
+                            [batch, self.k, m.feature_dim + 1])
+        outputs = {"logits": logits, "indices": indices, "y_hat": y_hat,
+                   "atom_y_hat": atom_y, "coef_label": coef_l,
+                   "omp_features": q_feat, "atom_features": atom_f,
+                   "coef_feature": coef_f}
+        terms = self.loss(labels, outputs, lambda_colab=lam_c,
+                          lambda_feature=lam_f)
+        terms["num_selected"] = tf.reduce_mean(tf.cast(num, tf.float32))
+        return terms
+
+    def _train_step(self, features, labels):
+        dict_terms = self._dict_terms()
+        variables = [v for _, vs in self._groups for v in vs]
+        with tf.GradientTape() as tape:
+            terms = self._forward(features, labels, dict_terms, training=True)
+        self._apply(tape.gradient(terms["total"], variables))
+        return terms
+
+    def _evaluate_losses(self, features, labels, lambda_colab, lambda_feature):
+        return self._forward(features, labels, self._dict_terms(),
+                             training=False, lambda_colab=lambda_colab,
+                             lambda_feature=lambda_feature)
+
+    def __call__(self, features, labels):
+        if (self._cache is not None
+                and self.iterations % self.dict_refresh_every == 0):
+            self._refresh()
+        self.iterations += 1
+        return self.train_step(tf.convert_to_tensor(features),
+                               tf.convert_to_tensor(labels))
+
+    def evaluate_losses(self, features, labels, lambda_colab=None,
+                        lambda_feature=None):
+        """The loss terms on a batch without updating anything.
+
+        ``lambda_colab`` / ``lambda_feature`` override the OMP and loss
+        weights for this call (default: the current variables).
+
+        Returns:
+            dict like the step's.
+        """
+        self.refresh_cache()
+        lam_c = self.lambda_colab if lambda_colab is None else lambda_colab
+        lam_f = self.lambda_feature if lambda_feature is None else lambda_feature
+        return self._evaluate(features, labels, tf.cast(lam_c, tf.float32),
+                              tf.cast(lam_f, tf.float32))
+
+    def calibrate(self, features, labels, alpha_colab, alpha_feature,
+                  bootstrap=(1e5, 1.0)):
+        """Set lambda_c, lambda_f from the loss ratios at initialisation.
+
+        Runs the OMP with the reference's bootstrap weights
+        (``alpha_colaborative_var = 1e5``, ``alpha_feature_var = 1``), takes
+        the unweighted L_log, L_colab, L_feat on this batch and assigns
+        :func:`mll_tf.losses.imcl_loss.calibrate_lambdas`' result to the
+        variables (METHODS.md §2.2).
+
+        Args:
+            features, labels: one training batch.
+            alpha_colab, alpha_feature: float >= 0.
+            bootstrap: (lambda_label, lambda_feature) of the initial OMP.
+
+        Returns:
+            ``(lambda_c, lambda_f)`` floats.
+        """
+        terms = self.evaluate_losses(features, labels, *bootstrap)
+        if not self.use_feature_term:
+            alpha_feature = 0.0
+        lam_c, lam_f = calibrate_lambdas(
+            float(terms["logistic"]), float(terms["colab"]),
+            float(terms["feature"]), alpha_colab, alpha_feature)
+        self.lambda_colab.assign(lam_c)
+        self.lambda_feature.assign(lam_f)
+        return lam_c, lam_f
+
+
+def make_imcl_train_step(model, optimizers, dictionary, loss=None, k=3,
+                         threshold=1e-3, balance=False, use_feature_term=True,
+                         dedup_tol=1e-3, dict_refresh_every=1,
+                         jit_compile=False):
+    """Build an :class:`IMCLTrainStep` (see there for the arguments)."""
+    return IMCLTrainStep(model, optimizers, dictionary, loss=loss, k=k,
+                         threshold=threshold, balance=balance,
+                         use_feature_term=use_feature_term,
+                         dedup_tol=dedup_tol,
+                         dict_refresh_every=dict_refresh_every,
+                         jit_compile=jit_compile)
+
+
+def make_logistic_train_step(model, optimizer, unknown_as_negative=False,
+                             jit_compile=False):
+    """Baseline step: masked logistic loss only (IMCL ``baseline_logistic``).
+
+    Args:
+        model: :class:`IMCLModel` (Theta, Theta_1 and the backbone are
+            trained; G is unused) or any Keras model returning logits [B, C]
+            (all trainable variables are trained).
+        optimizer: a Keras optimiser (built here).
+        unknown_as_negative: bool, MSCOCO's unweighted loss.
+        jit_compile: False, True or ``"optimizer"`` (see
+            :class:`IMCLTrainStep`).
+
+    Returns:
+        ``tf.function(features, labels) -> {"logistic": float32 scalar}``.
+
+    Raises:
+        ValueError: for an invalid ``jit_compile``.
+    """
+    _check_jit(jit_compile)
+    if isinstance(model, IMCLModel):
+        groups = model.variable_groups()
+        variables = groups["backbone"] + groups["classifier"]
+    else:
+        variables = list(model.trainable_variables)
+    optimizer.build(variables)
+    apply = _Applier([(optimizer, variables)], jit_compile)
+
+    def step(features, labels):
+        with tf.GradientTape() as tape:
+            logits = model(features, training=True)
+            loss = masked_logistic_loss(
+                labels, logits, unknown_as_negative=unknown_as_negative)
+        apply(tape.gradient(loss, variables))
+        return {"logistic": loss}
+
+    return tf.function(step, jit_compile=jit_compile is True)
