@@ -67,6 +67,16 @@ class TrainConfig:
     data_root: str = ""  # --finetune: the dataset root ("" -> the adapter's default)
     dataset_options: str = ""  # --finetune: adapter options KEY=VALUE,... as for extract/build_tfrecords.py
     weight_decay: float = 0.0  # adamw: decoupled weight decay (not on biases / BN)
+    # IMCL (METHODS.md §2)
+    imcl_k: int = 3  # OMP sparsity: neighbours per image
+    imcl_threshold: float = 1e-3  # OMP score threshold (thresold_coeff)
+    imcl_dict_size: int = 10000  # dictionary entries drawn from the training split (0: all)
+    imcl_graph: str = "cooccurrence"  # cooccurrence | identity | word_knn | path to a label-graph .npz
+    imcl_alpha_colab: float = 1.0  # lambda_c = alpha_c * L_log / L_colab at initialisation
+    imcl_alpha_feature: float = 0.5  # lambda_f = alpha_f * L_log / L_feat at initialisation
+    imcl_c: float = 2.0  # asymmetric sigmoid range (-1/c, 1)
+    imcl_graph_learning_rate: float = -1.0  # < 0: the classifier's learning rate
+    imcl_refresh: int = 1  # recompute the dictionary predictions every N steps (1: exact, the reference)
     log_every: int = 20
     eval_k: tuple = ()  # () -> the dataset's K values (mll_tf/protocols.py: NUS-WIDE 3,5; OpenImages 10,20)
     monitor: str = ""  # "" -> the method's: LESA val/seen/F1@5, partial-label methods val/mAP_partial

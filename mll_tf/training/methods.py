@@ -21,3 +21,10 @@ def _partial(name):
 
 for _name in ("csl", "asl", "ignore", "negative", "logistic"):
     _partial(_name)
+
+
+@register_method("imcl")
+def imcl(cfg, resume=False, progress=True):
+    """IMCL interactive learning with label dependencies (see :mod:`mll_tf.training.imcl_trainer`)."""
+    from mll_tf.training.imcl_trainer import train_imcl
+    return train_imcl(cfg, resume=resume, progress=progress)

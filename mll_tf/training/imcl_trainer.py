@@ -1,0 +1,237 @@
+"""Train IMCL (Huynh & Elhamifar, CVPR 2020) on stored features: ``--method imcl``.
+
+Interactive multi-label learning with label dependencies (METHODS.md §2):
+a linear classifier on pooled features, a learnable label-dependency matrix
+G initialised from a label graph, and per mini-batch an orthogonal matching
+pursuit over a dictionary of training images whose label and feature
+reconstructions regularise the classifier (:mod:`mll_tf.models.imcl`,
+:mod:`mll_tf.ops.omp`, :mod:`mll_tf.losses.imcl_loss`).
+
+What the trainer does:
+
+1. pools the stored region features of every training image (mean over
+   regions; ``[N, D]`` float32 in memory: 8000 x 1280 is 41 MB) and applies
+   the ``--partial-labels`` simulation exactly as the other partial-label
+   methods (same seed -> same hidden labels);
+2. draws the dictionary (``--imcl-dict-size`` training images, seeded) and
+   builds the initial label graph (``--imcl-graph``: co-occurrence of the
+   observed positives of the training labels, a GloVe k-NN graph, the
+   identity, or a saved ``.npz`` matched by label name);
+3. calibrates lambda_c and lambda_f on the first batch
+   (lambda = alpha * L_log / L at initialisation, METHODS.md §2.2);
+4. trains with one optimiser for the classifier and one for G (separate
+   learning rates), validates every round like the other partial-label
+   methods (mAP, mAP_partial, CP..OF1) and saves ``best.keras``,
+   ``last.keras``, checkpoints (``--resume``), ``history.csv``, TensorBoard.
+
+IMCL runs on one device: the OMP step is not written for several replicas
+(``--cpu-replicas`` > 1 is refused with an error).
+"""
+
+import csv
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mll_tf.data.feature_store import make_dataset
+from mll_tf.metrics.report import partial_label_report
+from mll_tf.training.lesa_trainer import build_lr_schedule, read_split_manifest
+
+
+def pooled_split(split_dir, batch_size=512):
+    """Mean-pooled features float32 ``[N, D]``, labels int8 ``[N, C]`` and ids of a split, store order."""
+    feats, labels, ids = [], [], []
+    for b in make_dataset(split_dir, batch_size, as_dict=True):
+        feats.append(tf.reduce_mean(b["features"], axis=1).numpy())
+        labels.append(b["labels"].numpy())
+        ids.extend(x.decode() for x in b["image_id"].numpy())
+    return np.concatenate(feats), np.concatenate(labels), ids
+
+
+def build_graph(cfg, names, labels):
+    """The initial label graph float32 ``[C, C]`` named by ``cfg.imcl_graph``.
+
+    Raises:
+        ValueError: an unknown kind (names ``--imcl-graph``) or a saved graph
+            for other labels.
+    """
+    from mll_tf.graphs.label_graph import (cooccurrence_graph, identity_graph, load_graph,
+                                           word_vector_knn_graph)
+
+    kind = cfg.imcl_graph
+    if kind == "cooccurrence":
+        return cooccurrence_graph(labels).astype(np.float32)
+    if kind == "identity":
+        return identity_graph(len(names))
+    if kind == "word_knn":
+        from mll_tf.data.word_vectors import label_embeddings, load_word_vectors
+        wv = load_word_vectors(cfg.word_vectors, names)
+        emb, _ = label_embeddings(names, wv)
+        return word_vector_knn_graph(emb, 5, allow_zero=True).astype(np.float32)
+    if kind.endswith(".npz") and os.path.exists(kind):
+        return np.asarray(load_graph(kind, names), np.float32)
+    raise ValueError(f"--imcl-graph {kind!r}: expected cooccurrence, identity, word_knn or an existing .npz "
+                     f"written by experiments/build_label_graph.py")
+
+
+def _optimizer(cfg, lr):
+    from mll_tf.training.lesa_trainer import build_optimizer
+    import dataclasses
+    return build_optimizer(dataclasses.replace(cfg, learning_rate=lr))
+
+
+def train_imcl(cfg, resume=False, progress=True):
+    """Train IMCL as configured; returns the last validation metrics (dict).
+
+    Raises:
+        MissingFeaturesError: the feature store is missing (names the command).
+        ValueError: ``--cpu-replicas`` > 1, or bad IMCL flags (named).
+    """
+    from mll_tf.data.simulation import partial_label_stats, simulate
+    from mll_tf.models.imcl import IMCLDictionary, IMCLModel, make_imcl_train_step
+    from mll_tf.losses.imcl_loss import IMCLLoss
+
+    if cfg.cpu_replicas > 1:
+        raise ValueError("--method imcl runs on one device (its OMP step is not distributed); "
+                         "drop --cpu-replicas")
+    run_dir = cfg.run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    train_m = read_split_manifest(cfg, "train")
+    read_split_manifest(cfg, "val")
+    read_split_manifest(cfg, "test")
+    names = list(train_m.label_names)
+    groups = train_m.extra.get("attribute_groups")
+    if not cfg.monitor:
+        cfg.monitor = "val/mAP_partial"
+    cfg.save(os.path.join(run_dir, "config.yaml"))
+
+    x_train, full, _ = pooled_split(cfg.features_dir("train"))
+    if cfg.partial_labels in ("", "none"):
+        y_train, stats = full, partial_label_stats(full, full)
+    else:
+        y_train, stats = simulate(full, cfg.partial_labels, seed=cfg.seed)
+    with open(os.path.join(run_dir, "partial_labels.json"), "w") as f:
+        json.dump({"scheme": cfg.partial_labels or "none", "seed": cfg.seed, **stats}, f, indent=1)
+    x_val, y_val, _ = pooled_split(cfg.features_dir("val"))
+    n, d = x_train.shape
+    rng = np.random.default_rng(cfg.seed)
+    size = n if cfg.imcl_dict_size <= 0 else min(n, cfg.imcl_dict_size)
+    dict_rows = np.sort(rng.choice(n, size=size, replace=False))
+    graph = build_graph(cfg, names, y_train)
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = IMCLModel(len(names), graph=graph, c=cfg.imcl_c, feature_dim=d)
+    model(tf.zeros([1, d]))
+    g_lr = cfg.learning_rate if cfg.imcl_graph_learning_rate < 0 else cfg.imcl_graph_learning_rate
+    optimizers = {"classifier": _optimizer(cfg, cfg.learning_rate), "graph": _optimizer(cfg, g_lr)}
+    step = make_imcl_train_step(
+        model, optimizers, IMCLDictionary(x_train[dict_rows], y_train[dict_rows]),
+        loss=IMCLLoss(), k=cfg.imcl_k, threshold=cfg.imcl_threshold,
+        use_feature_term=cfg.imcl_alpha_feature > 0, dict_refresh_every=cfg.imcl_refresh,
+        jit_compile=cfg.jit_compile)
+    schedule = build_lr_schedule(cfg)
+
+    gb = cfg.batch_size
+    steps_per_round = cfg.steps_per_round(n)
+    if steps_per_round == 0:
+        raise ValueError(f"train split has {n} examples < batch size {gb}")
+    num_rounds = cfg.num_rounds(n)
+    round_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    best_var = tf.Variable(-np.inf, dtype=tf.float64, trainable=False)
+    ckpt = tf.train.Checkpoint(model=model, classifier_opt=optimizers["classifier"],
+                               graph_opt=optimizers["graph"], epoch=round_var, best=best_var,
+                               lambda_colab=step.lambda_colab, lambda_feature=step.lambda_feature)
+    manager = tf.train.CheckpointManager(ckpt, os.path.join(run_dir, "checkpoints"), max_to_keep=2)
+    if resume and manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint)
+        print(f"resumed from {manager.latest_checkpoint} (round {int(round_var.numpy())} done)")
+    start = int(round_var.numpy())
+
+    ds = tf.data.Dataset.from_tensor_slices((x_train, y_train))
+    if cfg.shuffle:
+        ds = ds.shuffle(n, seed=cfg.seed + start, reshuffle_each_iteration=True)
+    batches = iter(ds.repeat().batch(gb, drop_remainder=True).prefetch(2))
+    if start == 0:
+        x0, y0 = next(iter(tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(gb)))
+        lam_c, lam_f = step.calibrate(x0, y0, cfg.imcl_alpha_colab,
+                                      cfg.imcl_alpha_feature)
+    else:
+        lam_c, lam_f = float(step.lambda_colab.numpy()), float(step.lambda_feature.numpy())
+        for _ in range(start * steps_per_round if not cfg.shuffle else 0):
+            next(batches)
+    print(f"imcl: {len(names)} classes, {n} training images, dictionary {size}, graph {cfg.imcl_graph} "
+          f"({model.num_nonzero} learnable entries), k={cfg.imcl_k}, lambda_c={lam_c:.4g}, "
+          f"lambda_f={lam_f:.4g}; {num_rounds} rounds of {steps_per_round} steps")
+
+    writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb"))
+    hist_path = os.path.join(run_dir, "history.csv")
+    metrics = {}
+    val_fwd = tf.function(lambda x: model(x, training=False))
+    for rnd in range(start, num_rounds):
+        n_steps = steps_per_round
+        if cfg.max_steps > 0:
+            n_steps = min(steps_per_round, cfg.max_steps - rnd * steps_per_round)
+        bar = keras.utils.Progbar(n_steps, verbose=1 if progress else 0)
+        t0 = time.perf_counter()
+        sums = {}
+        for i in range(n_steps):
+            xb, yb = next(batches)
+            terms = {k: float(v) for k, v in step(xb, yb).items()}
+            if not math.isfinite(terms["total"]):
+                raise FloatingPointError(f"non-finite IMCL loss at round {rnd + 1} step {i + 1}; "
+                                         f"lower --learning-rate")
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            s = rnd * steps_per_round + i + 1
+            if s % cfg.log_every == 0:
+                with writer.as_default(step=s):
+                    for k, v in terms.items():
+                        tf.summary.scalar(f"loss/{k}", v)
+            bar.update(i + 1, [("loss", terms["total"]), ("log", terms["logistic"])])
+        seconds = time.perf_counter() - t0
+        scores = np.concatenate([val_fwd(x_val[j:j + 1024]).numpy() for j in range(0, len(x_val), 1024)])
+        rep, _ = partial_label_report(scores, y_val, cfg.threshold, groups)
+        metrics = {f"val/{k}": v for k, v in rep.items() if not k.startswith("num_")}
+        metrics.update({f"train/{k}": v / max(n_steps, 1) for k, v in sums.items()})
+        metrics["train/examples_per_sec"] = n_steps * gb / seconds
+        g = model.label_dependency.dense().numpy()
+        metrics["graph/min"], metrics["graph/max"] = float(g.min()), float(g.max())
+        s = rnd * steps_per_round + n_steps
+        with writer.as_default(step=s):
+            for k, v in metrics.items():
+                if np.isfinite(v):
+                    tf.summary.scalar(k, v)
+        writer.flush()
+        round_var.assign(rnd + 1)
+        improved = metrics[cfg.monitor] >= best_var.numpy()
+        if improved:
+            best_var.assign(metrics[cfg.monitor])
+            model.save(os.path.join(run_dir, "best.keras"))
+        if schedule is not None:
+            lr = schedule.adapt(metrics[cfg.monitor])
+            optimizers["classifier"].learning_rate.assign(lr)
+        manager.save(checkpoint_number=rnd + 1)
+        model.save(os.path.join(run_dir, "last.keras"))
+        new = not os.path.exists(hist_path)
+        with open(hist_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["epoch", "step"] + sorted(metrics))
+            if new:
+                w.writeheader()
+            w.writerow({"epoch": rnd + 1, "step": s, **metrics})
+        print(f"round {rnd + 1}/{num_rounds}: loss {metrics['train/total']:.4f} (logistic "
+              f"{metrics['train/logistic']:.4f})  val mAP {100 * metrics['val/mAP']:.2f}  mAP_partial "
+              f"{100 * metrics['val/mAP_partial']:.2f}  ({metrics['train/examples_per_sec']:.0f} ex/s)"
+              f"{'  *best' if improved else ''}")
+    final_path = os.path.join(run_dir, "final_metrics.json")
+    if metrics:
+        with open(final_path, "w") as f:
+            json.dump(metrics, f, indent=2)
+    elif os.path.exists(final_path):
+        with open(final_path) as f:
+            metrics = json.load(f)
+    return metrics
