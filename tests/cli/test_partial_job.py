@@ -108,3 +108,12 @@ def test_finetune_end_to_end_on_images(job, capsys):
     assert evaluate.main(["--run", str(run)]) == 0
     summary = json.loads((run / "eval_test" / "summary.json").read_text())["results"]
     assert summary["num_images"] == 16 and 0.0 <= summary["mAP"] <= 1.0
+
+
+def test_imcl_and_logistic_through_the_cli(job, capsys):
+    for method in ("logistic", "imcl"):
+        run = _train(job, method, "--imcl-dict-size", "16", "--imcl-k", "2")
+        assert (run / "best.keras").exists()
+        capsys.readouterr()
+        assert evaluate.main(["--run", str(run)]) == 0
+        assert f"[{method}]" in capsys.readouterr().out
