@@ -10,7 +10,7 @@ FEATURES ?= data/features
 RUN    ?= runs/lesa_openclipart
 EPOCHS ?= 8
 
-.PHONY: demo test install apt venv extract train evaluate benchmarks clean
+.PHONY: demo test install apt venv extract train evaluate benchmarks partial-labels imcl-table clean
 
 install: apt venv
 
@@ -51,6 +51,19 @@ benchmarks: install
 	$(PY) benchmarks/bench_tfrecord.py
 	$(PY) benchmarks/bench_lesa.py
 	$(PY) benchmarks/bench_extraction.py
+	$(PY) benchmarks/bench_imcl.py
+	$(PY) benchmarks/bench_scale.py
+
+extract-fmnist: install
+	$(PY) extract/build_tfrecords.py --dataset fashion_mnist_grid --backbone efficientnet_lite0 --out-dir $(FEATURES)
+
+# README table: Ignore / Negative / ASL / CSL under FPC and RPS, 3 seeds (issue 4)
+partial-labels: extract-fmnist
+	$(PY) benchmarks/partial_labels.py --features-root $(FEATURES)
+
+# README table: logistic vs IMCL on fashion_mnist_grid and the clip-art tags, 3 seeds (issue 5)
+imcl-table: extract-fmnist extract
+	$(PY) benchmarks/imcl_vs_logistic.py --features-root $(FEATURES)
 
 clean:
 	rm -rf $(RUN) $(FEATURES)

@@ -76,6 +76,8 @@ class TrainConfig:
     imcl_alpha_feature: float = 0.5  # lambda_f = alpha_f * L_log / L_feat at initialisation
     imcl_c: float = 2.0  # asymmetric sigmoid range (-1/c, 1)
     imcl_graph_learning_rate: float = -1.0  # < 0: the classifier's learning rate
+    imcl_init_from: str = ""  # run dir of a logistic run: start Theta from its classifier (the reference
+    #                           starts from a trained classifier, METHODS.md §2.1)
     imcl_refresh: int = 1  # recompute the dictionary predictions every N steps (1: exact, the reference)
     log_every: int = 20
     eval_k: tuple = ()  # () -> the dataset's K values (mll_tf/protocols.py: NUS-WIDE 3,5; OpenImages 10,20)

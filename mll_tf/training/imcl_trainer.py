@@ -79,6 +79,37 @@ def build_graph(cfg, names, labels):
                      f"written by experiments/build_label_graph.py")
 
 
+def init_classifier(model, run_dir, names):
+    """Copy Theta from a trained ``logistic`` (or any ``MultiLabelHead``) run's ``best.keras``.
+
+    The reference's IMCL starts from a trained classifier (OpenImages: the
+    checkpoint's logits layer; e2e: Theta_1 Theta of the fixed-feature run,
+    METHODS.md §2.1).
+
+    Raises:
+        ValueError: the run is not a single-linear-layer head over the same
+            labels and feature dimension (names the run).
+    """
+    import mll_tf.models.heads  # noqa: F401  (registers MultiLabelHead)
+    from mll_tf.training.config import TrainConfig
+
+    path = os.path.join(run_dir, "best.keras")
+    if not os.path.exists(path):
+        raise ValueError(f"--imcl-init-from {run_dir}: no best.keras (train --method logistic first)")
+    other = TrainConfig.load(os.path.join(run_dir, "config.yaml"))
+    other_names = read_split_manifest(other, "train").label_names
+    if list(other_names) != list(names):
+        raise ValueError(f"--imcl-init-from {run_dir}: trained on other labels")
+    head = keras.models.load_model(path)
+    if getattr(head, "bottleneck", None) is not None or not hasattr(head, "classifier"):
+        raise ValueError(f"--imcl-init-from {run_dir}: not a single linear layer head")
+    w, b = head.classifier.get_weights()
+    if w.shape != tuple(model.classifier.kernel.shape):
+        raise ValueError(f"--imcl-init-from {run_dir}: classifier shape {w.shape} != "
+                         f"{tuple(model.classifier.kernel.shape)}")
+    model.classifier.set_weights([w, b])
+
+
 def _optimizer(cfg, lr):
     from mll_tf.training.lesa_trainer import build_optimizer
     import dataclasses
@@ -127,6 +158,8 @@ def train_imcl(cfg, resume=False, progress=True):
     keras.utils.set_random_seed(cfg.seed)
     model = IMCLModel(len(names), graph=graph, c=cfg.imcl_c, feature_dim=d)
     model(tf.zeros([1, d]))
+    if cfg.imcl_init_from:
+        init_classifier(model, cfg.imcl_init_from, names)
     g_lr = cfg.learning_rate if cfg.imcl_graph_learning_rate < 0 else cfg.imcl_graph_learning_rate
     optimizers = {"classifier": _optimizer(cfg, cfg.learning_rate), "graph": _optimizer(cfg, g_lr)}
     step = make_imcl_train_step(
