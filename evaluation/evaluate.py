@@ -69,7 +69,14 @@ def evaluate_partial(args, cfg):
         prepared = prepare_dataset(cfg)
         names = list(prepared.label_names)
         groups = prepared.extra.get("attribute_groups")
-        model, bb = build_finetune_model(cfg, len(names), weights=None)
+        if cfg.method == "imcl":
+            from mll_tf.training.imcl_trainer import build_imcl_finetune_model
+            with open(os.path.join(args.run, "imcl_meta.json")) as f:
+                meta = json.load(f)
+            model, bb = build_imcl_finetune_model(cfg, len(names), num_nonzero=meta["num_nonzero"],
+                                                  weights=None)
+        else:
+            model, bb = build_finetune_model(cfg, len(names), weights=None)
         model_path = os.path.join(args.run, f"{args.model}.weights.h5")
         model.load_weights(model_path)
         recs = prepared.splits[args.split]

@@ -78,6 +78,8 @@ class TrainConfig:
     imcl_graph_learning_rate: float = -1.0  # < 0: the classifier's learning rate
     imcl_init_from: str = ""  # run dir of a logistic run: start Theta from its classifier (the reference
     #                           starts from a trained classifier, METHODS.md §2.1)
+    imcl_backbone_learning_rate: float = -1.0  # --finetune: < 0 -> 0.1 x learning_rate
+    imcl_dict_refresh_steps: int = 250  # --finetune: recompute dictionary features every N steps (reference 250)
     imcl_refresh: int = 1  # recompute the dictionary predictions every N steps (1: exact, the reference)
     log_every: int = 20
     eval_k: tuple = ()  # () -> the dataset's K values (mll_tf/protocols.py: NUS-WIDE 3,5; OpenImages 10,20)

@@ -117,3 +117,18 @@ def test_imcl_and_logistic_through_the_cli(job, capsys):
         capsys.readouterr()
         assert evaluate.main(["--run", str(run)]) == 0
         assert f"[{method}]" in capsys.readouterr().out
+
+
+def test_imcl_finetune_end_to_end(job, capsys):
+    """IMCL end to end: backbone + classifier + G on images, dictionary refreshed during training."""
+    run = job / "imcl_ft"
+    opts = f"num_train=48,num_val=16,num_test=16,cache_dir={job / 'grids'}"
+    assert train.main(["--method", "imcl", "--dataset", "fashion_mnist_grid", "--finetune", "true",
+                       "--data-root", str(job / "idx"), "--dataset-options", opts, "--input-size", "64",
+                       "--run-dir", str(run), "--epochs", "1", "--batch-size", "8", "--imcl-dict-size", "16",
+                       "--imcl-dict-refresh-steps", "3", "--partial-labels", "rps:0.5", "--no-progress"]) == 0
+    assert (run / "best.weights.h5").exists()
+    capsys.readouterr()
+    assert evaluate.main(["--run", str(run)]) == 0
+    summary = json.loads((run / "eval_test" / "summary.json").read_text())["results"]
+    assert summary["num_images"] == 16 and 0.0 <= summary["mAP"] <= 1.0
