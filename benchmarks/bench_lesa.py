@@ -1,20 +1,41 @@
 """Throughput of the LESA model + full LESA loss (eager / tf.function / XLA).
 
-Measures training-step and inference examples/s at batch 32 for two shapes:
+Measures training-step examples/s at batch 32 and inference examples/s at
+batch 32 and 256 for two shapes:
 
 * ``clipart``: R=49 (7x7 EfficientNet-Lite0 grid), D=1280, conv_channels=512,
   d_w=50 (GloVe-50), C=60 seen labels;
 * ``nus``: the reference NUS-WIDE shape, R=196 (14x14 VGG19 conv5_4), D=512,
-  d_w=300, C=925 seen labels (METHODS.md §1.2).
+  d_w=300, C=925 seen labels, 10 heads (METHODS.md §1.2).
 
 A training step is forward + :class:`mll_tf.losses.lesa_loss.LESALoss` +
 gradients + ``keras.optimizers.RMSprop(rho=0.9, momentum=0.9, epsilon=1.0)``
 (METHODS.md §1.4). Each mode is warmed up (tracing/compilation excluded), then
-timed over ``--steps`` steps. Prints a table and the XLA / tf.function ratio.
+timed in ``--repeats`` blocks of ``--steps`` steps; the modes' blocks are
+interleaved (eager, tf.function, XLA, eager, ...) so that a load change on a
+shared machine hits all modes alike, and the best block of each mode is
+reported. Prints a table, the XLA / tf.function ratios and, for ``nus``, the
+goal "XLA train step >= 1.5x tf.function" as met / not met.
+
+Extra train-step variants (``--variants``, default on; benchmark-side only,
+the library is unchanged):
+
+* ``xla-lossgrad``: XLA on forward + loss + gradients only, the optimizer
+  update in the surrounding plain tf.function;
+* ``xla-dense``: XLA with the ranking loss's dense [B, C, C] path instead of
+  the sorted one (``ranking_loss(method="dense")``);
+* ``trainer`` / ``trainer-xla``: the library's
+  ``mll_tf.training.lesa_trainer.make_train_step`` (one-replica
+  MirroredStrategy, as ``experiments/train.py`` runs), without / with
+  ``jit_compile``.
+
+``--profile`` times op groups (forward pieces, loss, gradients, optimizer) in
+tf.function and XLA for the ``nus`` shape, to show what dominates the step.
 No assertions.
 
 Usage:
-    python benchmarks/bench_lesa.py --steps 20 --shape both
+    python benchmarks/bench_lesa.py
+    python benchmarks/bench_lesa.py --steps 20 --shape nus --profile
 """
 
 import argparse
@@ -29,6 +50,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from mll_tf.losses import lesa_loss  # noqa: E402
 from mll_tf.losses.lesa_loss import LESALoss  # noqa: E402
 from mll_tf.models.lesa import LESA  # noqa: E402
 
@@ -39,26 +61,62 @@ SHAPES = {
                 num_labels=925),
 }
 BATCH = 32
+INFER_BATCH = 256
+MODES = ("eager", "tf.function", "xla")
+VARIANTS = ("xla-lossgrad", "xla-dense", "trainer", "trainer-xla")
+GOAL = 1.5  # XLA / tf.function, NUS-WIDE train step
 
 
-def _make(shape, seed=0):
+class _DenseRankingLESALoss(LESALoss):
+    """LESALoss with ``ranking_loss(method="dense")`` (benchmark-side)."""
+
+    def __call__(self, labels, outputs, global_batch_size=None,
+                 span_sum_of_squares=None, num_replicas=None):
+        logits = outputs["logits"]
+        rank_i = lesa_loss.ranking_loss(labels, logits, margin=self.margin,
+                                        method="dense")
+        dist_i = lesa_loss.attention_distribution_loss(
+            labels, outputs["head_logits"])
+        glob_i = lesa_loss.global_relevance_loss(labels, logits,
+                                                 outputs["global_logits"])
+        n = tf.cast(tf.shape(rank_i)[0], tf.float32)
+        ranking = tf.reduce_sum(rank_i) / n
+        distribution = tf.reduce_sum(dist_i) / n
+        global_ = tf.reduce_sum(glob_i)
+        span = self.span_term(outputs["attention_logits"])
+        return {"total": self.weighted_total(ranking, distribution, global_,
+                                             span)}
+
+
+def _make(shape, seed=0, strategy=None):
     rng = np.random.default_rng(seed)
     keras.utils.set_random_seed(seed)
-    model = LESA(rng.normal(size=(shape["num_labels"],
-                                  shape["embedding_dim"])).astype("float32"),
-                 num_heads=10, conv_channels=shape["conv_channels"])
-    features = tf.constant(np.maximum(rng.normal(
-        size=(BATCH, shape["regions"], shape["dim"])), 0).astype("float32"))
-    labels = tf.constant(rng.choice(
-        [1, 0, 0, 0, -1], size=(BATCH, shape["num_labels"])).astype("int8"))
-    model(features[:1])
-    optimizer = keras.optimizers.RMSprop(learning_rate=1e-3, rho=0.9,
-                                         momentum=0.9, epsilon=1.0)
-    optimizer.build(model.trainable_variables)
-    return model, optimizer, features, labels
+    scope = strategy.scope() if strategy is not None else _nullcontext()
+    with scope:
+        model = LESA(rng.normal(size=(shape["num_labels"],
+                                      shape["embedding_dim"])).astype("float32"),
+                     num_heads=10, conv_channels=shape["conv_channels"])
+        features = np.maximum(rng.normal(
+            size=(INFER_BATCH, shape["regions"], shape["dim"])), 0).astype("float32")
+        model(features[:1])
+        optimizer = keras.optimizers.RMSprop(learning_rate=1e-3, rho=0.9,
+                                             momentum=0.9, epsilon=1.0)
+        optimizer.build(model.trainable_variables)
+    labels = rng.choice([1, 0, 0, 0, -1], size=(BATCH, shape["num_labels"])).astype("int8")
+    return (model, optimizer, tf.constant(features[:BATCH]), tf.constant(labels),
+            tf.constant(features))
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def _step_fns(model, optimizer, loss_fn, mode):
+    """(train_step(x, y), infer_step(x)) for a mode or variant."""
     def train_step(x, y):
         with tf.GradientTape() as tape:
             out = model(x, training=True)
@@ -72,73 +130,255 @@ def _step_fns(model, optimizer, loss_fn, mode):
 
     if mode == "eager":
         return train_step, infer_step
-    jit = mode == "xla"
+    if mode == "xla-lossgrad":
+        @tf.function(jit_compile=True)
+        def loss_and_grads(x, y):
+            with tf.GradientTape() as tape:
+                out = model(x, training=True)
+                losses = loss_fn(y, out)
+            return losses["total"], tape.gradient(losses["total"],
+                                                  model.trainable_variables)
+
+        @tf.function
+        def split_step(x, y):
+            total, grads = loss_and_grads(x, y)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return total
+
+        return split_step, None
+    jit = mode in ("xla", "xla-dense")
     return (tf.function(train_step, jit_compile=jit),
             tf.function(infer_step, jit_compile=jit))
 
 
-def _time(fn, args, steps, warmup):
-    for _ in range(warmup):
-        result = fn(*args)
-    np.asarray(result)
+def _trainer_step(shape, jit):
+    """The library's distributed train step on a one-replica MirroredStrategy."""
+    from mll_tf.training.lesa_trainer import make_train_step
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    model, optimizer, x, y, _ = _make(shape, strategy=strategy)
+    step = make_train_step(strategy, model, optimizer, LESALoss(), BATCH, jit_compile=jit)
+    batch = next(iter(strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors((x, y)))))
+    return lambda: step(batch)["total"]
+
+
+def _block(fn, steps):
+    """Seconds for ``steps`` calls (waits for the last result)."""
     start = time.perf_counter()
     for _ in range(steps):
-        result = fn(*args)
-    np.asarray(result)  # wait for the last step
-    return BATCH * steps / (time.perf_counter() - start)
+        result = fn()
+    np.asarray(result)
+    return time.perf_counter() - start
 
 
-def run(shape_name, steps, warmup):
-    shape = SHAPES[shape_name]
-    loss_fn = LESALoss()
-    rows = {}
-    for mode in ("eager", "tf.function", "xla"):
-        model, optimizer, x, y = _make(shape)
-        train_step, infer_step = _step_fns(model, optimizer, loss_fn, mode)
+def _interleaved(cases, steps, warmup, repeats, label):
+    """Best block time per case; blocks run round-robin over the cases.
+
+    ``cases``: dict name -> (callable, examples per call). Returns dict name ->
+    examples/s (NaN if the case fails).
+    """
+    rates, ok = {}, {}
+    for name, (fn, _) in cases.items():
         try:
-            train = _time(train_step, (x, y), steps, warmup)
-            infer = _time(infer_step, (x,), steps, warmup)
-        except Exception as err:  # report and continue with the next mode
-            print(f"  {shape_name}/{mode}: failed: "
-                  f"{type(err).__name__}: {str(err)[:200]}")
-            train = infer = float("nan")
-        rows[mode] = (train, infer)
-    return rows
+            _block(fn, warmup)
+            ok[name] = fn
+        except Exception as err:  # report and continue with the other cases
+            print(f"  {label}/{name}: failed: {type(err).__name__}: {str(err)[:300]}")
+            rates[name] = float("nan")
+    best = {name: float("inf") for name in ok}
+    for _ in range(repeats):
+        for name, fn in ok.items():
+            best[name] = min(best[name], _block(fn, steps))
+    for name in ok:
+        rates[name] = cases[name][1] * steps / best[name]
+    return {name: rates[name] for name in cases}
+
+
+def run(shape_name, steps, warmup, repeats, variants):
+    """{"train": {mode: ex/s}, "infer32": {...}, "infer256": {...}}."""
+    shape = SHAPES[shape_name]
+    train, infer32, infer256 = {}, {}, {}
+    for mode in MODES + (VARIANTS if variants else ()):
+        if mode.startswith("trainer"):
+            train[mode] = (_trainer_step(shape, mode == "trainer-xla"), BATCH)
+            continue
+        model, optimizer, x, y, x256 = _make(shape)
+        loss_fn = _DenseRankingLESALoss() if mode == "xla-dense" else LESALoss()
+        train_step, infer_step = _step_fns(model, optimizer, loss_fn, mode)
+        train[mode] = ((lambda f=train_step, a=(x, y): f(*a)), BATCH)
+        if mode in MODES:
+            infer32[mode] = ((lambda f=infer_step, a=x: f(a)), BATCH)
+            infer256[mode] = ((lambda f=infer_step, a=x256: f(a)), INFER_BATCH)
+    return {
+        "train": _interleaved(train, steps, warmup, repeats, f"{shape_name}/train"),
+        "infer32": _interleaved(infer32, steps, warmup, repeats, f"{shape_name}/infer32"),
+        "infer256": _interleaved(infer256, max(1, steps // 2), warmup, repeats,
+                                 f"{shape_name}/infer256"),
+    }
+
+
+# ----------------------------------------------------------------- profile
+def profile(steps, warmup, repeats):
+    """Milliseconds per call of op groups of the NUS-WIDE step, tf.function vs XLA."""
+    shape = SHAPES["nus"]
+    model, optimizer, x, y, _ = _make(shape)
+    loss_fn = LESALoss()
+    variables = model.trainable_variables
+    outputs = {k: tf.identity(v) for k, v in model(x, training=True).items()}
+    zeros = [tf.zeros_like(v) for v in variables]
+
+    def conv_fwd(x):
+        return model.conv_features(x, training=True)
+
+    def conv_fwd_grad(x):
+        with tf.GradientTape() as tape:
+            f = model.conv_features(x, training=True)
+            s = tf.reduce_sum(f * f)
+        return tape.gradient(s, model.conv.trainable_variables + model.bn.trainable_variables)
+
+    def forward(x):
+        return model(x, training=True)["logits"]
+
+    def forward_loss(x, y):
+        return loss_fn(y, model(x, training=True))["total"]
+
+    def forward_loss_grad(x, y):
+        with tf.GradientTape() as tape:
+            total = loss_fn(y, model(x, training=True))["total"]
+        return tape.gradient(total, variables)
+
+    def loss_only(y, outs):
+        return loss_fn(y, outs)["total"]
+
+    def loss_grad(y, outs):
+        with tf.GradientTape() as tape:
+            tape.watch(outs)
+            total = loss_fn(y, outs)["total"]
+        return tape.gradient(total, outs)
+
+    def ranking_grad(method):
+        def fn(y, logits):
+            with tf.GradientTape() as tape:
+                tape.watch(logits)
+                total = tf.reduce_sum(lesa_loss.ranking_loss(y, logits, method=method))
+            return tape.gradient(total, logits)
+        return fn
+
+    def apply(*grads):
+        optimizer.apply_gradients(zip(grads, variables))
+        return tf.constant(0.0)
+
+    def full_step(x, y):
+        with tf.GradientTape() as tape:
+            total = loss_fn(y, model(x, training=True))["total"]
+        optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+        return total
+
+    groups = [
+        ("conv 2x2 512->512 + BN + ReLU, forward", conv_fwd, (x,)),
+        ("conv + BN + ReLU, forward + gradient", conv_fwd_grad, (x,)),
+        ("model forward (training=True)", forward, (x,)),
+        ("model forward + LESALoss", forward_loss, (x, y)),
+        ("LESALoss alone (fixed outputs)", loss_only, (y, outputs)),
+        ("LESALoss + grad w.r.t. outputs", loss_grad, (y, outputs)),
+        ("ranking_loss sorted + grad", ranking_grad("sorted"), (y, outputs["logits"])),
+        ("ranking_loss dense + grad", ranking_grad("dense"), (y, outputs["logits"])),
+        ("forward + loss + all gradients", forward_loss_grad, (x, y)),
+        ("RMSprop apply_gradients", apply, tuple(zeros)),
+        ("full train step", full_step, (x, y)),
+    ]
+    cases = {}
+    for name, fn, args in groups:
+        for mode in ("tf.function", "xla"):
+            f = tf.function(fn, jit_compile=mode == "xla")
+            cases[(name, mode)] = ((lambda f=f, a=args: tf.nest.flatten(f(*a))[0]), 1)
+    rates = _interleaved(cases, steps, warmup, repeats, "profile")
+    ms = {k: 1e3 / v for k, v in rates.items()}
+    full_tf = ms[("full train step", "tf.function")]
+    print()
+    print(f"Profile, nus shape, batch {BATCH} (ms per call, best of {repeats} blocks of "
+          f"{steps}; share = of the tf.function full step):")
+    header = f"{'op group':42s} {'tf.function':>11s} {'XLA':>8s} {'XLA speedup':>11s} {'share':>6s}"
+    print(header)
+    print("-" * len(header))
+    for name, _, _ in groups:
+        a, b = ms[(name, "tf.function")], ms[(name, "xla")]
+        print(f"{name:42s} {a:11.1f} {b:8.1f} {a / b:10.2f}x {a / full_tf:6.0%}")
+    # Dense FLOPs of one train step (multiply-add = 2). The features are not
+    # trainable, so the conv's backward pass is the kernel gradient only (1x
+    # its forward); every later matmul has input and weight gradients (2x).
+    b, r, d, c = BATCH, shape["regions"], shape["dim"], shape["num_labels"]
+    k, m, w = d, 10, shape["embedding_dim"]
+    conv = 2 * b * r * d * k * 4
+    att = 2 * b * r * k * k + 2 * b * r * k * m + 2 * b * m * r * k
+    heads = 2 * c * w * k + 2 * b * m * k * c + 2 * b * k * c
+    step = 2 * conv + 3 * (att + heads)
+    conv_ms = ms[("conv + BN + ReLU, forward + gradient", "tf.function")]
+    rate = 2 * conv / conv_ms / 1e6
+    print(f"dense FLOPs per train step: conv {2 * conv / 1e9:.1f} G (forward + kernel "
+          f"gradient), attention matmuls {3 * att / 1e9:.1f} G, label scores "
+          f"{3 * heads / 1e9:.1f} G; total {step / 1e9:.1f} GFLOP. The conv runs at "
+          f"{rate:.0f} GFLOP/s in tf.function; at that rate the step's dense FLOPs alone "
+          f"take {step / rate / 1e6:.0f} ms = {step / rate / 1e6 / full_tf:.0%} of the "
+          f"tf.function step, which XLA cannot fuse away.")
+    return ms
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10,
-                        help="timed steps per mode (default 10)")
+                        help="timed steps per block (default 10; batch-256 inference "
+                             "uses half)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed warm-up steps per mode (default 2)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed blocks per mode, interleaved; the best is kept (default 3)")
     parser.add_argument("--shape", choices=("clipart", "nus", "both"),
                         default="both")
+    parser.add_argument("--no-variants", dest="variants", action="store_false",
+                        help="skip the extra train-step variants")
+    parser.add_argument("--profile", action="store_true",
+                        help="time op groups of the nus step (tf.function vs XLA)")
     args = parser.parse_args(argv)
     names = ["clipart", "nus"] if args.shape == "both" else [args.shape]
-    print(f"TF {tf.__version__}, Keras {keras.__version__}, batch {BATCH}, "
-          f"{args.steps} timed steps after {args.warmup} warm-up steps, "
-          f"CPU threads: intra={tf.config.threading.get_intra_op_parallelism_threads()}")
-    header = (f"{'shape':8s} {'mode':12s} {'train ex/s':>11s} "
-              f"{'infer ex/s':>11s}")
-    results = {}
-    for name in names:
-        results[name] = run(name, args.steps, args.warmup)
+    print(f"TF {tf.__version__}, Keras {keras.__version__}, train batch {BATCH}, "
+          f"inference batch {BATCH} and {INFER_BATCH}, best of {args.repeats} interleaved "
+          f"blocks of {args.steps} steps after {args.warmup} warm-up steps, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (noisy: shared "
+          f"machine)")
+    results = {name: run(name, args.steps, args.warmup, args.repeats, args.variants)
+               for name in names}
     print()
+    header = (f"{'shape':8s} {'mode':12s} {'train ex/s':>11s} "
+              f"{'infer@32':>10s} {'infer@256':>10s}")
     print(header)
     print("-" * len(header))
-    for name, rows in results.items():
-        for mode, (train, infer) in rows.items():
-            print(f"{name:8s} {mode:12s} {train:11.1f} {infer:11.1f}")
+    for name, res in results.items():
+        for mode, train in res["train"].items():
+            i32 = res["infer32"].get(mode)
+            i256 = res["infer256"].get(mode)
+            fmt = (lambda v: f"{v:10.1f}" if v is not None else f"{'-':>10s}")
+            print(f"{name:8s} {mode:12s} {train:11.1f} {fmt(i32)} {fmt(i256)}")
     print()
-    for name, rows in results.items():
-        tf_train, tf_infer = rows["tf.function"]
-        xla_train, xla_infer = rows["xla"]
-        eager_train, eager_infer = rows["eager"]
-        print(f"{name:8s} XLA / tf.function: train {xla_train / tf_train:5.2f}x"
-              f", infer {xla_infer / tf_infer:5.2f}x;  tf.function / eager: "
-              f"train {tf_train / eager_train:5.2f}x, "
-              f"infer {tf_infer / eager_infer:5.2f}x")
+    for name, res in results.items():
+        tr, i32, i256 = res["train"], res["infer32"], res["infer256"]
+        ratio = tr["xla"] / tr["tf.function"]
+        line = (f"{name:8s} XLA / tf.function: train {ratio:5.2f}x, infer@32 "
+                f"{i32['xla'] / i32['tf.function']:5.2f}x, infer@256 "
+                f"{i256['xla'] / i256['tf.function']:5.2f}x;  tf.function / eager: train "
+                f"{tr['tf.function'] / tr['eager']:5.2f}x, infer@32 "
+                f"{i32['tf.function'] / i32['eager']:5.2f}x, infer@256 "
+                f"{i256['tf.function'] / i256['eager']:5.2f}x")
+        print(line)
+        if args.variants:
+            print(f"{'':8s} train variants / tf.function: " + ", ".join(
+                f"{v} {tr[v] / tr['tf.function']:.2f}x" for v in VARIANTS))
+        if name == "nus":
+            print(f"{'':8s} goal: XLA train step >= {GOAL:.1f}x tf.function at the NUS-WIDE "
+                  f"shape -> {ratio:.2f}x: {'met' if ratio >= GOAL else 'NOT met'}")
+    if args.profile:
+        profile(args.steps, args.warmup, args.repeats)
 
 
 if __name__ == "__main__":
