@@ -47,6 +47,30 @@ def store_dir(out_dir, dataset, backbone, input_size):
     return os.path.join(out_dir, dataset.replace(":", "_").replace("/", "_"), f"{backbone}_{input_size}")
 
 
+def report_attributes(prepared, out_dir):
+    """Attribute tables: print the class distribution per attribute (and the oversampling
+    before/after), and save it as ``class_distribution_<split>.csv`` / ``.png`` in ``out_dir``."""
+    from mll_tf.data.datasets.attributes_csv import (class_distribution, format_distribution,
+                                                     plot_class_distribution)
+
+    os.makedirs(out_dir, exist_ok=True)
+    for split in prepared.splits:
+        df = class_distribution(prepared, split)
+        print(f"class distribution per attribute, {split} split:\n{format_distribution(df)}")
+        df.to_csv(os.path.join(out_dir, f"class_distribution_{split}.csv"), index=False)
+        plot_class_distribution(df, os.path.join(out_dir, f"class_distribution_{split}.png"),
+                                title=f"{prepared.name} {split}")
+    over = prepared.extra.get("oversampling")
+    if over:
+        print(f"oversampling (train, to {over['oversample_to']} per class, {over['copies']} copies added): "
+              f"{over['note']}")
+        for attr in over["before"]:
+            b, a = over["before"][attr], over["after"][attr]
+            print(f"  {attr}: unknown share {b['unknown_share']:.3f} -> {a['unknown_share']:.3f}; "
+                  + ", ".join(f"{c} {b['counts'][c]}->{a['counts'][c]}" for c in b["counts"]))
+    print(f"wrote class_distribution_<split>.csv/.png to {out_dir}")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from mll_tf.registry import get_dataset, parse_dataset_options
@@ -69,6 +93,9 @@ def main(argv=None):
         if s not in prepared.splits:
             raise SystemExit(f"--splits: {args.dataset} has no split {s!r} (has {sorted(prepared.splits)})")
 
+    root = store_dir(args.out_dir, args.dataset, args.backbone, args.input_size)
+    if prepared.extra.get("attribute_groups"):
+        report_attributes(prepared, root)
     weights = None if args.weights.lower() == "none" else args.weights
     try:
         backbone = build_backbone(args.backbone, weights=weights, input_size=args.input_size)
@@ -80,7 +107,6 @@ def main(argv=None):
         load_image = functools.partial(prepared.load_image, resize_shorter=backbone.resize_shorter)
     h, w, d = backbone.feature_shape
     feature_fn = FeatureFunction(backbone.model, args.batch_size)
-    root = store_dir(args.out_dir, args.dataset, args.backbone, args.input_size)
     print(f"{args.dataset}: {len(prepared.label_names)} labels; backbone {backbone.name} "
           f"({backbone.weights}); feature map {h}x{w}x{d}; writing {root}")
     for split in splits:

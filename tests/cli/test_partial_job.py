@@ -73,9 +73,15 @@ def test_attribute_table_predictions_use_the_input_columns(tmp_path, capsys):
 
     exp = make_attributes_tree(str(tmp_path / "attr"), layout="single")
     argv = ["--dataset", "attributes_csv", "--data-root", exp["root"], "--dataset-options",
-            f"spec={exp['spec_path']}", "--out-dir", str(tmp_path / "features"), "--input-size", "64",
-            "--workers", "0", "--no-progress"]
+            f"spec={exp['spec_path']},oversample_to=6", "--out-dir", str(tmp_path / "features"),
+            "--input-size", "64", "--workers", "0", "--no-progress"]
+    capsys.readouterr()
     assert build_tfrecords.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "class distribution per attribute, train split" in out and "oversampling (train" in out
+    store = tmp_path / "features" / "attributes_csv" / "efficientnet_lite0_64"
+    assert (store / "class_distribution_train.png").stat().st_size > 0
+    assert (store / "class_distribution_test.csv").exists()
     run = tmp_path / "run"
     assert train.main(["--method", "ignore", "--dataset", "attributes_csv", "--features-root",
                        str(tmp_path / "features"), "--input-size", "64", "--run-dir", str(run), "--epochs", "1",
