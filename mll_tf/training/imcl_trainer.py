@@ -299,7 +299,8 @@ def train_imcl_finetune(cfg, resume=False, progress=True):
     their backbone features recomputed every ``--imcl-dict-refresh-steps``.
     Weights are saved as ``best.weights.h5`` / ``last.weights.h5`` and the
     model is rebuilt with :func:`build_imcl_finetune_model` (``imcl_meta.json``
-    records G's number of learnable entries).
+    records G's number of learnable entries); a checkpoint after every round
+    (model, the three optimisers, lambdas) lets ``--resume`` continue.
     """
     from mll_tf.data.simulation import partial_label_stats, simulate
     from mll_tf.losses.imcl_loss import IMCLLoss
@@ -349,20 +350,38 @@ def train_imcl_finetune(cfg, resume=False, progress=True):
     if steps_per_round == 0:
         raise ValueError(f"train split has {n} images < batch size {gb}")
     num_rounds = cfg.num_rounds(n)
-    train_ds = image_dataset(train_recs, y_train, prepared.load_image, cfg.input_size, gb, train=True,
-                             seed=cfg.seed)
     val_ds = image_dataset(val_recs, np.stack([r.labels for r in val_recs]).astype(np.int8),
                            prepared.load_image, cfg.input_size, max(gb, 32), train=False, seed=0,
                            resize_shorter=bb.resize_shorter)
+    round_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    best_var = tf.Variable(-np.inf, dtype=tf.float64, trainable=False)
+    ckpt = tf.train.Checkpoint(model=model, classifier_opt=optimizers["classifier"],
+                               graph_opt=optimizers["graph"], backbone_opt=optimizers["backbone"],
+                               epoch=round_var, best=best_var, lambda_colab=step.lambda_colab,
+                               lambda_feature=step.lambda_feature)
+    manager = tf.train.CheckpointManager(ckpt, os.path.join(run_dir, "checkpoints"), max_to_keep=2)
+    start = 0
+    if resume and manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint)
+        start = int(round_var.numpy())
+        refresh_dictionary(model, dictionary, dict_images)  # with the restored backbone
+        print(f"resumed from {manager.latest_checkpoint} (round {start} done)")
+    elif resume:
+        print(f"--resume: no checkpoint in {run_dir}/checkpoints; starting from scratch")
+    train_ds = image_dataset(train_recs, y_train, prepared.load_image, cfg.input_size, gb, train=True,
+                             seed=cfg.seed + start)
     batches = iter(train_ds)
-    x0, y0 = next(batches)
-    lam_c, lam_f = step.calibrate(x0, y0, cfg.imcl_alpha_colab, cfg.imcl_alpha_feature)
+    if start == 0:
+        x0, y0 = next(batches)
+        lam_c, lam_f = step.calibrate(x0, y0, cfg.imcl_alpha_colab, cfg.imcl_alpha_feature)
+    else:
+        lam_c, lam_f = float(step.lambda_colab.numpy()), float(step.lambda_feature.numpy())
     print(f"imcl --finetune: {bb.name}, {len(names)} classes, {n} training images, dictionary {size} images, "
           f"lambda_c={lam_c:.4g}, lambda_f={lam_f:.4g}")
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb"))
     hist_path = os.path.join(run_dir, "history.csv")
-    best, metrics, done = -np.inf, {}, 0
-    for rnd in range(num_rounds):
+    best, metrics, done = float(best_var.numpy()), {}, start * steps_per_round
+    for rnd in range(start, num_rounds):
         n_steps = steps_per_round
         if cfg.max_steps > 0:
             n_steps = min(steps_per_round, cfg.max_steps - rnd * steps_per_round)
@@ -396,7 +415,10 @@ def train_imcl_finetune(cfg, resume=False, progress=True):
         improved = metrics[cfg.monitor] >= best
         if improved:
             best = metrics[cfg.monitor]
+            best_var.assign(best)
             model.save_weights(os.path.join(run_dir, "best.weights.h5"))
+        round_var.assign(rnd + 1)
+        manager.save(checkpoint_number=rnd + 1)
         model.save_weights(os.path.join(run_dir, "last.weights.h5"))
         new = not os.path.exists(hist_path)
         with open(hist_path, "a", newline="") as f:
@@ -407,8 +429,11 @@ def train_imcl_finetune(cfg, resume=False, progress=True):
         print(f"round {rnd + 1}/{num_rounds}: loss {metrics['train/total']:.4f}  val mAP "
               f"{100 * metrics['val/mAP']:.2f}  ({metrics['train/examples_per_sec']:.1f} img/s)"
               f"{'  *best' if improved else ''}")
-    if resume:
-        print("note: --method imcl --finetune restarts from scratch (no mid-run checkpoint)")
-    with open(os.path.join(run_dir, "final_metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    final_path = os.path.join(run_dir, "final_metrics.json")
+    if metrics:
+        with open(final_path, "w") as f:
+            json.dump(metrics, f, indent=2)
+    elif os.path.exists(final_path):
+        with open(final_path) as f:
+            metrics = json.load(f)
     return metrics

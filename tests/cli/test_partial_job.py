@@ -134,6 +134,13 @@ def test_imcl_finetune_end_to_end(job, capsys):
                        "--run-dir", str(run), "--epochs", "1", "--batch-size", "8", "--imcl-dict-size", "16",
                        "--imcl-dict-refresh-steps", "3", "--partial-labels", "rps:0.5", "--no-progress"]) == 0
     assert (run / "best.weights.h5").exists()
+    # an interrupted run continues from its last round
+    assert train.main(["--method", "imcl", "--dataset", "fashion_mnist_grid", "--finetune", "true",
+                       "--data-root", str(job / "idx"), "--dataset-options", opts, "--input-size", "64",
+                       "--run-dir", str(run), "--epochs", "2", "--batch-size", "8", "--imcl-dict-size", "16",
+                       "--imcl-dict-refresh-steps", "3", "--partial-labels", "rps:0.5", "--no-progress",
+                       "--resume"]) == 0
+    assert [r["epoch"] for r in csv.DictReader(open(run / "history.csv"))] == ["1", "2"]
     capsys.readouterr()
     assert evaluate.main(["--run", str(run)]) == 0
     summary = json.loads((run / "eval_test" / "summary.json").read_text())["results"]
