@@ -17,8 +17,6 @@ The same losses, partial-label simulation, validation and run directory as
   model is rebuilt from ``config.yaml`` (:func:`build_finetune_model`).
 """
 
-import csv
-import json
 import math
 import os
 import time
@@ -31,6 +29,8 @@ from mll_tf.metrics.report import partial_label_report
 from mll_tf.models.heads import FineTuneClassifier
 from mll_tf.training.distribute import make_strategy
 from mll_tf.training.lesa_trainer import build_lr_schedule, build_optimizer
+from mll_tf.training.run_io import (append_history, finish_run, log_scalars, restore_schedule,
+                                    save_schedule, simulate_train_labels)
 
 
 def prepare_dataset(cfg):
@@ -110,7 +110,6 @@ def image_dataset(records, labels, load_image, size, batch_size, *, train, seed,
 
 def train_finetune(cfg, resume=False, progress=True):
     """Fine-tune ``cfg.backbone`` + head on the images of ``cfg.dataset``; returns validation metrics."""
-    from mll_tf.data.simulation import partial_label_stats, simulate
     from mll_tf.training.multilabel_trainer import (build_loss, make_train_step, predict,
                                                      resolved_loss_settings)
     from mll_tf.training.priors import save_prior_csv
@@ -129,12 +128,7 @@ def train_finetune(cfg, resume=False, progress=True):
     cfg.save(os.path.join(run_dir, "config.yaml"))
     train_recs, val_recs = prepared.splits["train"], prepared.splits["val"]
     full = np.stack([r.labels for r in train_recs]).astype(np.int8)
-    if cfg.partial_labels in ("", "none"):
-        train_labels, stats = full, partial_label_stats(full, full)
-    else:
-        train_labels, stats = simulate(full, cfg.partial_labels, seed=cfg.seed)
-    with open(os.path.join(run_dir, "partial_labels.json"), "w") as f:
-        json.dump({"scheme": cfg.partial_labels or "none", "seed": cfg.seed, **stats}, f, indent=1)
+    train_labels = simulate_train_labels(cfg, full, run_dir)
 
     if tf.config.list_physical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -163,6 +157,7 @@ def train_finetune(cfg, resume=False, progress=True):
     if resume and manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         print(f"resumed from {manager.latest_checkpoint}")
+        restore_schedule(run_dir, int(round_var.numpy()), schedule)
     start = int(round_var.numpy())
     train_ds = image_dataset(train_recs, train_labels, prepared.load_image, cfg.input_size, gb,
                              train=True, seed=cfg.seed + start)
@@ -172,7 +167,6 @@ def train_finetune(cfg, resume=False, progress=True):
     train_step = make_train_step(strategy, model, optimizer, loss_fn, normalizer, gb, cfg.jit_compile)
     batches = iter(strategy.experimental_distribute_dataset(train_ds))
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb"))
-    hist_path = os.path.join(run_dir, "history.csv")
     metrics = {}
     for rnd in range(start, num_rounds):
         n_steps = steps_per_round
@@ -197,11 +191,7 @@ def train_finetune(cfg, resume=False, progress=True):
         metrics["train/loss"] = loss_sum / max(n_steps, 1)
         metrics["train/examples_per_sec"] = n_steps * gb / seconds
         step = rnd * steps_per_round + n_steps
-        with writer.as_default(step=step):
-            for k, v in metrics.items():
-                if np.isfinite(v):
-                    tf.summary.scalar(k, v)
-        writer.flush()
+        log_scalars(writer, step, metrics)
         round_var.assign(rnd + 1)
         improved = metrics[cfg.monitor] >= best_var.numpy()
         if improved:
@@ -209,20 +199,13 @@ def train_finetune(cfg, resume=False, progress=True):
             model.save_weights(os.path.join(run_dir, "best.weights.h5"))
         if schedule is not None:
             optimizer.learning_rate.assign(schedule.adapt(metrics[cfg.monitor]))
+            save_schedule(run_dir, rnd + 1, schedule)
         save_prior_csv(os.path.join(run_dir, "prior.csv"), names,
                        (prior_sum.numpy() / max(prior_n.numpy(), 1.0)).astype(np.float32))
         manager.save(checkpoint_number=rnd + 1)
         model.save_weights(os.path.join(run_dir, "last.weights.h5"))
-        new = not os.path.exists(hist_path)
-        with open(hist_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["epoch", "step"] + sorted(metrics))
-            if new:
-                w.writeheader()
-            w.writerow({"epoch": rnd + 1, "step": step, **metrics})
+        append_history(run_dir, rnd + 1, step, metrics)
         print(f"round {rnd + 1}/{num_rounds}: loss {metrics['train/loss']:.4f}  val mAP "
               f"{100 * metrics['val/mAP']:.2f}  mAP_partial {100 * metrics['val/mAP_partial']:.2f}  "
               f"({metrics['train/examples_per_sec']:.1f} img/s){'  *best' if improved else ''}")
-    if metrics:
-        with open(os.path.join(run_dir, "final_metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=2)
-    return metrics
+    return finish_run(run_dir, metrics)

@@ -35,7 +35,6 @@ IMCL runs on one device: the OMP step is not written for several replicas
 (``--cpu-replicas`` > 1 is refused with an error).
 """
 
-import csv
 import json
 import math
 import os
@@ -48,6 +47,8 @@ import tensorflow as tf
 from mll_tf.data.feature_store import make_dataset
 from mll_tf.metrics.report import partial_label_report
 from mll_tf.training.lesa_trainer import build_lr_schedule, read_split_manifest
+from mll_tf.training.run_io import (append_history, finish_run, log_scalars, restore_schedule,
+                                    save_schedule, simulate_train_labels)
 
 
 def pooled_split(split_dir, batch_size=512):
@@ -130,7 +131,6 @@ def train_imcl(cfg, resume=False, progress=True):
         MissingFeaturesError: the feature store is missing (names the command).
         ValueError: ``--cpu-replicas`` > 1, or bad IMCL flags (named).
     """
-    from mll_tf.data.simulation import partial_label_stats, simulate
     from mll_tf.models.imcl import IMCLDictionary, IMCLModel, make_imcl_train_step
     from mll_tf.losses.imcl_loss import IMCLLoss
 
@@ -151,12 +151,7 @@ def train_imcl(cfg, resume=False, progress=True):
     cfg.save(os.path.join(run_dir, "config.yaml"))
 
     x_train, full, _ = pooled_split(cfg.features_dir("train"))
-    if cfg.partial_labels in ("", "none"):
-        y_train, stats = full, partial_label_stats(full, full)
-    else:
-        y_train, stats = simulate(full, cfg.partial_labels, seed=cfg.seed)
-    with open(os.path.join(run_dir, "partial_labels.json"), "w") as f:
-        json.dump({"scheme": cfg.partial_labels or "none", "seed": cfg.seed, **stats}, f, indent=1)
+    y_train = simulate_train_labels(cfg, full, run_dir)
     x_val, y_val, _ = pooled_split(cfg.features_dir("val"))
     n, d = x_train.shape
     rng = np.random.default_rng(cfg.seed)
@@ -192,6 +187,7 @@ def train_imcl(cfg, resume=False, progress=True):
     if resume and manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint)
         print(f"resumed from {manager.latest_checkpoint} (round {int(round_var.numpy())} done)")
+        restore_schedule(run_dir, int(round_var.numpy()), schedule)
     start = int(round_var.numpy())
 
     ds = tf.data.Dataset.from_tensor_slices((x_train, y_train))
@@ -211,7 +207,6 @@ def train_imcl(cfg, resume=False, progress=True):
           f"lambda_f={lam_f:.4g}; {num_rounds} rounds of {steps_per_round} steps")
 
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb"))
-    hist_path = os.path.join(run_dir, "history.csv")
     metrics = {}
     val_fwd = tf.function(lambda x: model(x, training=False))
     for rnd in range(start, num_rounds):
@@ -244,39 +239,23 @@ def train_imcl(cfg, resume=False, progress=True):
         g = model.label_dependency.dense().numpy()
         metrics["graph/min"], metrics["graph/max"] = float(g.min()), float(g.max())
         s = rnd * steps_per_round + n_steps
-        with writer.as_default(step=s):
-            for k, v in metrics.items():
-                if np.isfinite(v):
-                    tf.summary.scalar(k, v)
-        writer.flush()
+        log_scalars(writer, s, metrics)
         round_var.assign(rnd + 1)
         improved = metrics[cfg.monitor] >= best_var.numpy()
         if improved:
             best_var.assign(metrics[cfg.monitor])
             model.save(os.path.join(run_dir, "best.keras"))
         if schedule is not None:
-            lr = schedule.adapt(metrics[cfg.monitor])
-            optimizers["classifier"].learning_rate.assign(lr)
+            optimizers["classifier"].learning_rate.assign(schedule.adapt(metrics[cfg.monitor]))
+            save_schedule(run_dir, rnd + 1, schedule)
         manager.save(checkpoint_number=rnd + 1)
         model.save(os.path.join(run_dir, "last.keras"))
-        new = not os.path.exists(hist_path)
-        with open(hist_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["epoch", "step"] + sorted(metrics))
-            if new:
-                w.writeheader()
-            w.writerow({"epoch": rnd + 1, "step": s, **metrics})
+        append_history(run_dir, rnd + 1, s, metrics)
         print(f"round {rnd + 1}/{num_rounds}: loss {metrics['train/total']:.4f} (logistic "
               f"{metrics['train/logistic']:.4f})  val mAP {100 * metrics['val/mAP']:.2f}  mAP_partial "
               f"{100 * metrics['val/mAP_partial']:.2f}  ({metrics['train/examples_per_sec']:.0f} ex/s)"
               f"{'  *best' if improved else ''}")
-    final_path = os.path.join(run_dir, "final_metrics.json")
-    if metrics:
-        with open(final_path, "w") as f:
-            json.dump(metrics, f, indent=2)
-    elif os.path.exists(final_path):
-        with open(final_path) as f:
-            metrics = json.load(f)
-    return metrics
+    return finish_run(run_dir, metrics)
 
 
 def build_imcl_finetune_model(cfg, num_labels, graph=None, num_nonzero=None, weights="imagenet"):
@@ -302,7 +281,6 @@ def train_imcl_finetune(cfg, resume=False, progress=True):
     records G's number of learnable entries); a checkpoint after every round
     (model, the three optimisers, lambdas) lets ``--resume`` continue.
     """
-    from mll_tf.data.simulation import partial_label_stats, simulate
     from mll_tf.losses.imcl_loss import IMCLLoss
     from mll_tf.models.imcl import IMCLDictionary, make_imcl_train_step, refresh_dictionary
     from mll_tf.training.finetune import image_dataset, prepare_dataset
@@ -318,12 +296,7 @@ def train_imcl_finetune(cfg, resume=False, progress=True):
     cfg.save(os.path.join(run_dir, "config.yaml"))
     train_recs, val_recs = prepared.splits["train"], prepared.splits["val"]
     full = np.stack([r.labels for r in train_recs]).astype(np.int8)
-    if cfg.partial_labels in ("", "none"):
-        y_train, stats = full, partial_label_stats(full, full)
-    else:
-        y_train, stats = simulate(full, cfg.partial_labels, seed=cfg.seed)
-    with open(os.path.join(run_dir, "partial_labels.json"), "w") as f:
-        json.dump({"scheme": cfg.partial_labels or "none", "seed": cfg.seed, **stats}, f, indent=1)
+    y_train = simulate_train_labels(cfg, full, run_dir)
 
     keras.utils.set_random_seed(cfg.seed)
     graph = build_graph(cfg, names, y_train)
@@ -379,7 +352,6 @@ def train_imcl_finetune(cfg, resume=False, progress=True):
     print(f"imcl --finetune: {bb.name}, {len(names)} classes, {n} training images, dictionary {size} images, "
           f"lambda_c={lam_c:.4g}, lambda_f={lam_f:.4g}")
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb"))
-    hist_path = os.path.join(run_dir, "history.csv")
     best, metrics, done = float(best_var.numpy()), {}, start * steps_per_round
     for rnd in range(start, num_rounds):
         n_steps = steps_per_round
@@ -407,11 +379,7 @@ def train_imcl_finetune(cfg, resume=False, progress=True):
         metrics = {f"val/{k}": v for k, v in rep.items() if not k.startswith("num_")}
         metrics.update({f"train/{k}": v / max(n_steps, 1) for k, v in sums.items()})
         metrics["train/examples_per_sec"] = n_steps * gb / seconds
-        with writer.as_default(step=done):
-            for k, v in metrics.items():
-                if np.isfinite(v):
-                    tf.summary.scalar(k, v)
-        writer.flush()
+        log_scalars(writer, done, metrics)
         improved = metrics[cfg.monitor] >= best
         if improved:
             best = metrics[cfg.monitor]
@@ -420,20 +388,8 @@ def train_imcl_finetune(cfg, resume=False, progress=True):
         round_var.assign(rnd + 1)
         manager.save(checkpoint_number=rnd + 1)
         model.save_weights(os.path.join(run_dir, "last.weights.h5"))
-        new = not os.path.exists(hist_path)
-        with open(hist_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["epoch", "step"] + sorted(metrics))
-            if new:
-                w.writeheader()
-            w.writerow({"epoch": rnd + 1, "step": done, **metrics})
+        append_history(run_dir, rnd + 1, done, metrics)
         print(f"round {rnd + 1}/{num_rounds}: loss {metrics['train/total']:.4f}  val mAP "
               f"{100 * metrics['val/mAP']:.2f}  ({metrics['train/examples_per_sec']:.1f} img/s)"
               f"{'  *best' if improved else ''}")
-    final_path = os.path.join(run_dir, "final_metrics.json")
-    if metrics:
-        with open(final_path, "w") as f:
-            json.dump(metrics, f, indent=2)
-    elif os.path.exists(final_path):
-        with open(final_path) as f:
-            metrics = json.load(f)
-    return metrics
+    return finish_run(run_dir, metrics)

@@ -23,8 +23,6 @@ Run directory layout::
     tb/                    TensorBoard event files
 """
 
-import csv
-import json
 import os
 import time
 
@@ -38,6 +36,8 @@ from mll_tf.losses.lesa_loss import LESALoss, attention_span_sum_of_squares
 from mll_tf.metrics.report import multilabel_report
 from mll_tf.models.lesa import LESA
 from mll_tf.protocols import eval_k_for
+from mll_tf.training.run_io import (append_history, finish_run, log_scalars, restore_schedule,
+                                    save_schedule)
 from mll_tf.visualization.attention import attention_examples, log_model_attention
 from mll_tf.training.distribute import make_strategy
 from mll_tf.training.zsl_split import LabelSplit, choose_unseen_labels
@@ -311,7 +311,6 @@ def train_lesa(cfg, resume=False, progress=True):
     loss_fn = LESALoss(distribution_weight=cfg.distribution_weight, global_weight=cfg.global_weight,
                        span_weight=cfg.span_weight, margin=cfg.margin)
     schedule = build_lr_schedule(cfg)
-    sched_path = os.path.join(run_dir, "lr_schedule.json")
 
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)  # validation rounds done
     best_var = tf.Variable(-np.inf, dtype=tf.float64, trainable=False)
@@ -323,11 +322,7 @@ def train_lesa(cfg, resume=False, progress=True):
         else:
             ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
             print(f"resumed from {manager.latest_checkpoint} (round {int(epoch_var.numpy())} done)")
-            if schedule is not None and os.path.exists(sched_path):
-                with open(sched_path) as f:
-                    saved = json.load(f)
-                if saved.get("round") == int(epoch_var.numpy()):
-                    schedule.load_state_dict(saved["state"])
+            restore_schedule(run_dir, int(epoch_var.numpy()), schedule)
 
     train_step = make_train_step(strategy, model, optimizer, loss_fn, gb, jit_compile=cfg.jit_compile)
 
@@ -338,7 +333,6 @@ def train_lesa(cfg, resume=False, progress=True):
     except (ValueError, OSError, KeyError) as e:  # no extra["root"], images moved, ...
         vis = None
         print(f"attention images in TensorBoard disabled: {e}")
-    hist_path = os.path.join(run_dir, "history.csv")
     metrics = {}
     start_round = int(epoch_var.numpy())
     # One repeated input pipeline for the whole run: re-creating the iterator each epoch made the
@@ -381,12 +375,9 @@ def train_lesa(cfg, resume=False, progress=True):
         metrics["train/examples_per_sec"] = n_steps * gb / seconds
         metrics["lr"] = float(tf.convert_to_tensor(optimizer.learning_rate))
         step = rnd * steps_per_round + n_steps
-        with writer.as_default(step=step):
-            for k, v in metrics.items():
-                tf.summary.scalar(k, v)
+        log_scalars(writer, step, metrics)
         if vis is not None and vis.image_ids:
             log_model_attention(writer, step, model, vis, split.seen, split.unseen, unseen_vecs, k=5)
-        writer.flush()
         epoch_var.assign(rnd + 1)
         improved = metrics[cfg.monitor] >= best_var.numpy()  # ">=": the reference saves on ties too
         if improved:
@@ -394,18 +385,10 @@ def train_lesa(cfg, resume=False, progress=True):
             model.save(os.path.join(run_dir, "best.keras"))
         if schedule is not None:  # adapt after the evaluation, as LearningRate.adapt is called
             optimizer.learning_rate.assign(schedule.adapt(metrics[cfg.monitor]))
-            tmp = sched_path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"round": rnd + 1, "state": schedule.state_dict()}, f)
-            os.replace(tmp, sched_path)
+            save_schedule(run_dir, rnd + 1, schedule)
         manager.save(checkpoint_number=rnd + 1)
         model.save(os.path.join(run_dir, "last.keras"))
-        new = not os.path.exists(hist_path)
-        with open(hist_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["epoch", "step"] + sorted(metrics))
-            if new:
-                w.writeheader()
-            w.writerow({"epoch": rnd + 1, "step": step, **metrics})
+        append_history(run_dir, rnd + 1, step, metrics)
         ks, nan = cfg.eval_k, float("nan")  # F1@K is absent when K exceeds the number of labels
         print(f"round {rnd + 1}/{num_rounds} (step {step}): loss {metrics['train/total']:.4f}  "
               f"val seen mAP {100 * metrics['val/seen/mAP']:.2f} F1@{ks[-1]} "
@@ -414,13 +397,4 @@ def train_lesa(cfg, resume=False, progress=True):
               f"{100 * metrics.get(f'val/zsl/F1@{ks[0]}', nan):.2f}  "
               f"lr {metrics['lr']:.3g} ({metrics['train/examples_per_sec']:.0f} ex/s)"
               f"{'  *best' if improved else ''}")
-    final_path = os.path.join(run_dir, "final_metrics.json")
-    if metrics:
-        with open(final_path, "w") as f:
-            json.dump(metrics, f, indent=2)
-    else:
-        print(f"all {num_rounds} rounds already done in {run_dir}; nothing to train")
-        if os.path.exists(final_path):
-            with open(final_path) as f:
-                metrics = json.load(f)
-    return metrics
+    return finish_run(run_dir, metrics)

@@ -32,8 +32,6 @@ Run directory: ``config.yaml``, ``checkpoints/``, ``best.keras``,
 ``prior.csv``, ``partial_labels.json``.
 """
 
-import csv
-import json
 import math
 import os
 import time
@@ -47,6 +45,8 @@ from mll_tf.metrics.report import partial_label_report
 from mll_tf.models.heads import MultiLabelHead
 from mll_tf.training.distribute import make_strategy
 from mll_tf.training.lesa_trainer import build_lr_schedule, build_optimizer, read_split_manifest
+from mll_tf.training.run_io import (append_history, finish_run, log_scalars, restore_schedule,
+                                    save_schedule, simulate_train_labels)
 
 #: Method -> default loss settings (a config value >= 0 overrides a default).
 METHOD_DEFAULTS = {
@@ -142,18 +142,9 @@ def prepare_partial_labels(cfg, split_dir, run_dir):
     Raises:
         ValueError: a malformed ``--partial-labels`` value.
     """
-    from mll_tf.data.simulation import partial_label_stats, simulate
-
     ids, full = read_ids_and_labels(split_dir)
-    if cfg.partial_labels in ("", "none"):
-        stats = partial_label_stats(full, full)
-        partial = None
-    else:
-        partial, stats = simulate(full, cfg.partial_labels, seed=cfg.seed)
-    stats = {"scheme": cfg.partial_labels or "none", "seed": cfg.seed, **stats}
-    with open(os.path.join(run_dir, "partial_labels.json"), "w") as f:
-        json.dump(stats, f, indent=1)
-    return None if partial is None else (ids, partial)
+    partial = simulate_train_labels(cfg, full, run_dir)
+    return None if cfg.partial_labels in ("", "none") else (ids, partial)
 
 
 def train_dataset(cfg, split_dir, batch_size, partial, start_round):
@@ -279,15 +270,10 @@ def train_multilabel(cfg, resume=False, progress=True):
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=round_var, best=best_var,
                                prior_sum=prior_sum, prior_n=prior_n)
     manager = tf.train.CheckpointManager(ckpt, os.path.join(run_dir, "checkpoints"), max_to_keep=2)
-    sched_path = os.path.join(run_dir, "lr_schedule.json")
     if resume and manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         print(f"resumed from {manager.latest_checkpoint} (round {int(round_var.numpy())} done)")
-        if schedule is not None and os.path.exists(sched_path):
-            with open(sched_path) as f:
-                saved = json.load(f)
-            if saved.get("round") == int(round_var.numpy()):
-                schedule.load_state_dict(saved["state"])
+        restore_schedule(run_dir, int(round_var.numpy()), schedule)
     elif resume:
         print(f"--resume: no checkpoint in {run_dir}/checkpoints; starting from scratch")
 
@@ -299,7 +285,6 @@ def train_multilabel(cfg, resume=False, progress=True):
     batches = iter(strategy.experimental_distribute_dataset(ds))
     val_ds = make_dataset(cfg.features_dir("val"), 256)
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb"))
-    hist_path = os.path.join(run_dir, "history.csv")
     metrics = {}
     for rnd in range(start, num_rounds):
         n_steps = steps_per_round
@@ -333,11 +318,7 @@ def train_multilabel(cfg, resume=False, progress=True):
         if cfg.monitor not in metrics:
             raise ValueError(f"--monitor {cfg.monitor!r} is not computed; choose one of {sorted(metrics)}")
         step = rnd * steps_per_round + n_steps
-        with writer.as_default(step=step):
-            for k, v in metrics.items():
-                if np.isfinite(v):
-                    tf.summary.scalar(k, v)
-        writer.flush()
+        log_scalars(writer, step, metrics)
         round_var.assign(rnd + 1)
         improved = metrics[cfg.monitor] >= best_var.numpy()
         if improved:
@@ -345,29 +326,14 @@ def train_multilabel(cfg, resume=False, progress=True):
             model.save(os.path.join(run_dir, "best.keras"))
         if schedule is not None:
             optimizer.learning_rate.assign(schedule.adapt(metrics[cfg.monitor]))
-            with open(sched_path + ".tmp", "w") as f:
-                json.dump({"round": rnd + 1, "state": schedule.state_dict()}, f)
-            os.replace(sched_path + ".tmp", sched_path)
+            save_schedule(run_dir, rnd + 1, schedule)
         save_prior_csv(os.path.join(run_dir, "prior.csv"), names,
                        (prior_sum.numpy() / max(prior_n.numpy(), 1.0)).astype(np.float32))
         manager.save(checkpoint_number=rnd + 1)
         model.save(os.path.join(run_dir, "last.keras"))
-        new = not os.path.exists(hist_path)
-        with open(hist_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["epoch", "step"] + sorted(metrics))
-            if new:
-                w.writeheader()
-            w.writerow({"epoch": rnd + 1, "step": step, **metrics})
+        append_history(run_dir, rnd + 1, step, metrics)
         print(f"round {rnd + 1}/{num_rounds}: loss {metrics['train/loss']:.4f}  val mAP "
               f"{100 * metrics['val/mAP']:.2f}  mAP_partial {100 * metrics['val/mAP_partial']:.2f}  "
               f"CF1 {100 * metrics['val/CF1']:.2f}  OF1 {100 * metrics['val/OF1']:.2f}  "
               f"({metrics['train/examples_per_sec']:.0f} ex/s){'  *best' if improved else ''}")
-    final_path = os.path.join(run_dir, "final_metrics.json")
-    if metrics:
-        with open(final_path, "w") as f:
-            json.dump(metrics, f, indent=2)
-    elif os.path.exists(final_path):
-        print(f"all {num_rounds} rounds already done in {run_dir}; nothing to train")
-        with open(final_path) as f:
-            metrics = json.load(f)
-    return metrics
+    return finish_run(run_dir, metrics)
