@@ -41,60 +41,48 @@ def list_images(paths, limit=None):
     return out[:limit] if limit else out
 
 
-def weights_from_provenance(provenance):
-    """Map a manifest's ``weights`` provenance string back to a ``build_backbone`` argument.
-
-    ``"random initialisation ..."`` -> None; ``"file: PATH"`` -> PATH;
-    anything else (``"imagenet: ..."``) -> ``"imagenet"``.
-    """
-    if provenance.startswith("random"):
-        return None
-    if provenance.startswith("file: "):
-        return provenance[len("file: "):]
-    return "imagenet"
-
-
 class FeatureExtractor:
     """The training split's feature extractor, applied to image files.
+
+    Reuses the decoding and feature code of :mod:`mll_tf.visualization.attention`
+    (``backbone_weights_argument``, ``load_image_like_extraction``,
+    ``image_features``), which reproduce what ``extract/build_tfrecords.py`` did.
 
     Args:
         manifest: :class:`mll_tf.data.feature_store.Manifest` of the run's
             training split.
 
+    Raises:
+        ValueError: the manifest's weights provenance is not one the
+            backbone registry writes.
+
     Call ``extract(paths)`` -> (features float32 ``[n, R, D]`` for the images
-    that loaded, ``ok`` list of bool per path, ``errors`` list of str or None).
+    that loaded, in order; ``ok`` list of bool per path; ``errors`` list of
+    str or None per path).
     """
 
     def __init__(self, manifest):
         from mll_tf.backbones import build_backbone
+        from mll_tf.visualization.attention import backbone_weights_argument
 
         self.manifest = manifest
-        size = int(manifest.input_size[0])
-        self.backbone = build_backbone(manifest.backbone, weights=weights_from_provenance(manifest.weights),
-                                       input_size=size)
-        self.size = size
-        self.dtype = np.float16 if manifest.feature_dtype == "float16" else np.float32
-
-    def load(self, path):
-        from mll_tf.data.images import load_rgb_center_crop
-        if path.lower().endswith(".svg"):
-            from mll_tf.data.datasets.openclipart import render_svg
-            return render_svg(path, self.size)
-        return load_rgb_center_crop(path, self.size, resize_shorter=self.backbone.resize_shorter)
+        self.size = int(manifest.input_size[0])
+        self.backbone = build_backbone(manifest.backbone, weights=backbone_weights_argument(manifest.weights),
+                                       input_size=self.size)
 
     def extract(self, paths):
+        from mll_tf.visualization.attention import image_features, load_image_like_extraction
+
         imgs, errors = [], []
         for p in paths:
             try:
-                imgs.append(self.load(p))
+                imgs.append(load_image_like_extraction(p, self.size, self.backbone.resize_shorter))
                 errors.append(None)
             except Exception as e:  # noqa: BLE001 - reported per image
                 errors.append(f"{type(e).__name__}: {e}")
         ok = [e is None for e in errors]
         if not imgs:
             return np.zeros((0,) + tuple(self.manifest.feature_shape), np.float32), ok, errors
-        x = np.stack(imgs).astype(np.float32)
-        fmap = self.backbone.model(x, training=False).numpy()
-        n, h, w, d = fmap.shape
-        feats = fmap.reshape(n, h * w, d).astype(self.dtype).astype(np.float32)
+        feats = image_features(self.backbone.model, np.stack(imgs), self.manifest.feature_dtype,
+                               batch_size=len(imgs))
         return feats, ok, errors

@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mll_tf.data.feature_store import make_dataset
+from mll_tf.data.feature_store import make_dataset, read_manifest
 from mll_tf.metrics.report import partial_label_report
 from mll_tf.models.heads import MultiLabelHead
 from mll_tf.training.distribute import make_strategy
@@ -123,13 +123,8 @@ def read_ids_and_labels(split_dir, batch_size=1024):
     for b in make_dataset(split_dir, batch_size, as_dict=True):
         ids.extend(x.decode() for x in b["image_id"].numpy())
         labels.append(b["labels"].numpy())
-    c = len(read_split_manifest_dir(split_dir).label_names)
+    c = len(read_manifest(split_dir).label_names)
     return ids, (np.concatenate(labels) if labels else np.zeros((0, c), np.int8))
-
-
-def read_split_manifest_dir(split_dir):
-    from mll_tf.data.feature_store import read_manifest
-    return read_manifest(split_dir)
 
 
 def prepare_partial_labels(cfg, split_dir, run_dir):

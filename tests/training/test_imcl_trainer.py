@@ -22,8 +22,6 @@ def test_imcl_trains_and_keeps_graph_pattern(store, tmp_path):  # noqa: F811
     assert 0.0 <= m["graph/min"] and m["graph/max"] <= 1.0
     model = keras.models.load_model(f"{cfg.run_dir}/best.keras")
     g = model.label_dependency.dense().numpy()
-    from mll_tf.graphs.label_graph import cooccurrence_graph, preprocess_graph
-    from mll_tf.data.simulation import simulate
     assert g.shape == (5, 5)
     stats = json.load(open(f"{cfg.run_dir}/partial_labels.json"))
     assert stats["scheme"] == "rps:0.5"
