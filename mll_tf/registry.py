@@ -1,100 +1,106 @@
-"""Name -> builder registries for datasets, models and methods.
+"""Name -> object registries, filled by decorators.
 
-Filled by decorators (``@register_dataset("openclipart")``) and read by the CLIs
-(``--dataset``, ``--method``). An unknown name raises ``KeyError`` listing the
-registered names (CONVENTIONS.md §3.2 item 4).
+One :class:`Registry` per kind of thing a command line chooses by name:
+dataset adapters (``mll_tf.data.datasets``), backbones
+(``mll_tf.backbones``) and training methods (``mll_tf.tasks``). A module
+registers what it defines with the kind's decorator
+(``@register_dataset("openclipart")``, ``@register_task("lesa")``); the
+package that owns the kind imports its modules and offers the lookup
+(``mll_tf.data.datasets.get_dataset``, ``mll_tf.tasks.get_task``). This
+module imports nothing of the project, so registering never makes an import
+circle.
 """
 
-_REGISTRIES = {"dataset": {}, "method": {}}
+__all__ = ["Registry", "parse_key_values"]
 
 
-def _register(kind, name):
-    def deco(obj):
-        table = _REGISTRIES[kind]
-        if name in table and table[name] is not obj:
-            raise ValueError(f"{kind} {name!r} is already registered")
-        table[name] = obj
-        return obj
-    return deco
+class Registry:
+    """A name -> object table for one kind.
 
+    Args:
+        kind: str, what is registered (``"dataset"``, ``"task"``), used in
+            error messages and flag names (``--dataset``, ``--method``).
+        flag: str or None, the command-line flag that chooses from this
+            registry, named in errors (default ``--<kind>``).
 
-def _lookup(kind, name):
-    table = _REGISTRIES[kind]
-    if name not in table:
-        raise KeyError(f"unknown {kind} {name!r}; registered: {sorted(table)}")
-    return table[name]
-
-
-def register_dataset(name):
-    """Class decorator registering a dataset adapter under ``name``."""
-    return _register("dataset", name)
-
-
-def get_dataset(name):
-    """Return the adapter class registered as ``name``.
-
-    ``"tfds:<name>[/<config>][:<version>]"`` (e.g. ``"tfds:voc/2007"``) is not
-    in the registry: it returns ``functools.partial(TFDSDataset, name=...)``
-    (``mll_tf.data.datasets.tfds_source``; ``root`` is the TFDS data_dir).
-    tensorflow_datasets is imported only when that adapter prepares.
-
-    Raises:
-        KeyError: listing the registered dataset names; or ``"tfds:"`` with
-            no dataset name.
+    Example:
+        >>> TASKS = Registry("task", flag="--method")
+        >>> @TASKS.register("lesa")
+        ... class LESATask: ...
+        >>> TASKS.get("lesa")
     """
-    if name.startswith("tfds:"):
-        import functools
 
-        from mll_tf.data.datasets.tfds_source import TFDSDataset
+    def __init__(self, kind, flag=None):
+        self.kind = kind
+        self.flag = flag or f"--{kind}"
+        self._table = {}
 
-        rest = name[len("tfds:"):]
-        if not rest:
-            raise KeyError("dataset 'tfds:' needs a TFDS name, e.g. 'tfds:voc/2007'")
-        return functools.partial(TFDSDataset, name=rest)
-    import mll_tf.data.datasets  # noqa: F401  (fills the registry)
-    return _lookup("dataset", name)
+    def register(self, name):
+        """Decorator registering an object under ``name``.
+
+        Raises:
+            ValueError: another object is already registered as ``name``.
+        """
+        def deco(obj):
+            if name in self._table and self._table[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is already registered "
+                                 f"({self._table[name]!r})")
+            self._table[name] = obj
+            return obj
+        return deco
+
+    def unregister(self, name):
+        """Remove ``name`` (tests that register a method of their own clean up with it)."""
+        self._table.pop(name, None)
+
+    def get(self, name):
+        """The object registered as ``name``.
+
+        Raises:
+            KeyError: naming the flag and listing the registered names.
+        """
+        if name not in self._table:
+            raise KeyError(f"{self.flag}: unknown {self.kind} {name!r}; registered: "
+                           f"{', '.join(sorted(self._table))}")
+        return self._table[name]
+
+    def names(self):
+        """Registered names, sorted (list of str)."""
+        return sorted(self._table)
+
+    def __contains__(self, name):
+        return name in self._table
+
+    def items(self):
+        """``(name, object)`` pairs, sorted by name."""
+        return sorted(self._table.items())
 
 
-def dataset_names():
-    import mll_tf.data.datasets  # noqa: F401
-    return sorted(_REGISTRIES["dataset"])
-
-
-def register_method(name):
-    """Decorator registering a training method (see ``mll_tf.training``)."""
-    return _register("method", name)
-
-
-def get_method(name):
-    """Return the training method registered as ``name``.
-
-    Raises:
-        KeyError: listing the registered method names.
-    """
-    import mll_tf.training.methods  # noqa: F401
-    return _lookup("method", name)
-
-
-def method_names():
-    import mll_tf.training.methods  # noqa: F401
-    return sorted(_REGISTRIES["method"])
-
-
-def parse_dataset_options(text):
-    """Parse ``"num_train=64,seed=1,root=/x"`` into adapter keyword arguments.
+def parse_key_values(text, flag="--dataset-options"):
+    """Parse ``"num_train=64,seed=1,root=/x"`` into a dict of keyword arguments.
 
     Values are read as YAML scalars (``64`` -> int, ``0.5`` -> float,
-    ``true`` -> bool, anything else -> str).
+    ``true`` -> bool, anything else -> str); dashes in keys become
+    underscores.
+
+    Args:
+        text: str or None.
+        flag: str, the flag named in errors.
+
+    Returns:
+        dict str -> scalar.
 
     Raises:
-        ValueError: naming ``--dataset-options`` and the bad item.
+        ValueError: naming ``flag`` and the item that is not ``KEY=VALUE``.
     """
     import yaml
 
     out = {}
     for item in filter(None, (t.strip() for t in (text or "").split(","))):
         if "=" not in item:
-            raise ValueError(f"--dataset-options: {item!r} is not KEY=VALUE")
+            raise ValueError(f"{flag}: {item!r} is not KEY=VALUE")
         k, v = item.split("=", 1)
+        if not k.strip():
+            raise ValueError(f"{flag}: {item!r} has an empty key")
         out[k.strip().replace("-", "_")] = yaml.safe_load(v) if v.strip() else ""
     return out

@@ -17,11 +17,13 @@ import keras
 __all__ = [
     "Backbone",
     "backbone_names",
+    "backbone_resize_shorter",
     "build_backbone",
     "register_backbone",
 ]
 
 _BACKBONES = {}
+_RESIZE_RULES = {}
 
 
 @dataclasses.dataclass
@@ -51,11 +53,15 @@ class Backbone:
     resize_shorter: object = None
 
 
-def register_backbone(name):
+def register_backbone(name, resize_shorter=None):
     """Decorator registering ``builder(weights, input_size) -> Backbone``.
 
     Args:
         name: str. Registry key; must be new.
+        resize_shorter: optional callable ``input_size (H, W) -> int``, the
+            shorter-side size image loaders resize to before the central crop
+            (the builder's ``Backbone.resize_shorter``), known without
+            building the model.
 
     Returns:
         The decorator, which returns the builder unchanged.
@@ -67,6 +73,7 @@ def register_backbone(name):
         if name in _BACKBONES:
             raise ValueError(f"backbone '{name}' is already registered")
         _BACKBONES[name] = builder
+        _RESIZE_RULES[name] = resize_shorter
         return builder
     return decorator
 
@@ -78,6 +85,27 @@ def backbone_names():
         list[str], sorted.
     """
     return sorted(_BACKBONES)
+
+
+def backbone_resize_shorter(name, input_size):
+    """The ``resize_shorter`` of a backbone without building it.
+
+    Args:
+        name: str, a registered backbone.
+        input_size: int or ``(H, W)``.
+
+    Returns:
+        int or None (None: resize the shorter side to the input size).
+
+    Raises:
+        KeyError: ``name`` is not registered.
+    """
+    if name not in _BACKBONES:
+        raise KeyError(f"unknown backbone '{name}'; registered backbones: {', '.join(backbone_names())}")
+    if isinstance(input_size, int):
+        input_size = (input_size, input_size)
+    rule = _RESIZE_RULES.get(name)
+    return None if rule is None else rule(tuple(input_size))
 
 
 def build_backbone(name, weights="imagenet", input_size=224):
@@ -132,14 +160,19 @@ def _efficientnet_lite0_backbone(weights, input_size):
     )
 
 
-@register_backbone("vgg19")
+def _keras_apps_resize(input_size):
+    from mll_tf.backbones import keras_apps
+    return keras_apps._resize_shorter(input_size)
+
+
+@register_backbone("vgg19", resize_shorter=_keras_apps_resize)
 def _vgg19_backbone(weights, input_size):
     from mll_tf.backbones import keras_apps
 
     return keras_apps.vgg19_backbone(weights=weights, input_size=input_size)
 
 
-@register_backbone("resnet101")
+@register_backbone("resnet101", resize_shorter=_keras_apps_resize)
 def _resnet101_backbone(weights, input_size):
     from mll_tf.backbones import keras_apps
 

@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 
-from mll_tf.data.images import load_rgb_center_crop
+from mll_tf.data.images import decode_image
 
 _AUG = re.compile(r"^(.*)#aug(\d+)$")
 
@@ -81,10 +81,10 @@ def load_with_augmentation(path, size, resize_shorter=None):
         uint8 ``[size, size, 3]``.
 
     Raises:
-        Whatever :func:`load_rgb_center_crop` raises on an unreadable file.
+        Whatever :func:`mll_tf.data.images.decode_image` raises on an unreadable file.
     """
     base, k = (path, 0) if os.path.exists(path) else split_aug_suffix(path)
-    image = load_rgb_center_crop(base, size, resize_shorter)
+    image = decode_image(base, size, resize_shorter)
     if k == 0:
         return image
     return augment_array(image, aug_seed(base, k))

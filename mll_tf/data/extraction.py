@@ -142,3 +142,208 @@ def extract_records(records, load_image, size, feature_fn, writer, *, num_worker
     bar.close()
     stats["seconds"] = time.perf_counter() - t0
     return dict(stats)
+
+
+# ----------------------------------------------------------------------------- new images
+
+
+#: Extensions :func:`list_images` collects from folders (decoded by
+#: :func:`mll_tf.data.images.decode_image`, which tells SVG from raster by content).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".svg")
+
+
+def list_images(paths, limit=None):
+    """Expand files and folders into a list of image files.
+
+    Args:
+        paths: str or list of str; a folder contributes the files with an
+            image extension (:data:`IMAGE_EXTENSIONS`, SVG included) found
+            recursively, sorted; files are kept as given.
+        limit: optional int, keep the first ``limit``.
+
+    Raises:
+        FileNotFoundError: a path does not exist (names it and ``--images``).
+    """
+    import os
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out = []
+    for p in paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            found = []
+            for root, _, files in os.walk(p):
+                found += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+            out += sorted(found)
+        elif os.path.exists(p):
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"--images: {p} does not exist")
+    return out[:limit] if limit else out
+
+
+def backbone_weights_argument(provenance):
+    """The ``weights`` argument that rebuilds a backbone from its manifest provenance.
+
+    ``extract/build_tfrecords.py`` stores ``Backbone.weights`` in the
+    manifest; the registered builders write ``"imagenet: ..."``,
+    ``"random initialisation (weights=None)"`` or ``"file: <path>"``.
+
+    Args:
+        provenance: str, the manifest's ``weights`` field.
+
+    Returns:
+        ``"imagenet"``, None (random initialisation) or the weight-file path.
+
+    Raises:
+        ValueError: if the string is empty or in none of those forms.
+    """
+    p = (provenance or "").strip()
+    if p.startswith("imagenet"):
+        return "imagenet"
+    if p.startswith("random"):
+        return None
+    if p.startswith("file:"):
+        return p[len("file:"):].strip()
+    raise ValueError(f"cannot tell which backbone weights made these features: the manifest "
+                     f"records weights={provenance!r} (expected 'imagenet: ...', "
+                     f"'random initialisation ...' or 'file: <path>')")
+
+
+def rebuild_backbone(manifest, allow_random_backbone=False):
+    """The backbone that made a feature store, rebuilt and checked against its manifest.
+
+    Args:
+        manifest: :class:`mll_tf.data.feature_store.Manifest`.
+        allow_random_backbone: bool, accept features made with random weights
+            (they cannot be reproduced; fresh random weights are used).
+
+    Returns:
+        :class:`mll_tf.backbones.Backbone`.
+
+    Raises:
+        ValueError: random weights without ``allow_random_backbone``, another
+            provenance, or a feature shape / grid that differs from the
+            manifest's.
+        FileNotFoundError: the recorded weight file is gone.
+    """
+    import os
+
+    from mll_tf.backbones import build_backbone
+
+    weights = backbone_weights_argument(manifest.weights)
+    if weights is None and not allow_random_backbone:
+        raise ValueError(
+            f"the features were extracted with a randomly initialised {manifest.backbone} "
+            f"({manifest.weights!r}); those weights were not saved, so the features cannot be "
+            "reproduced from images (pass allow_random_backbone=True to use fresh random "
+            "weights anyway)")
+    if weights not in (None, "imagenet") and not os.path.isfile(weights):
+        raise FileNotFoundError(f"backbone weight file {weights!r} recorded in the manifest "
+                                "does not exist; the features cannot be reproduced")
+    size = [int(s) for s in manifest.input_size]
+    if len(size) != 2 or size[0] != size[1]:
+        raise ValueError(f"manifest input_size {manifest.input_size} is not a square [S, S]")
+    backbone = build_backbone(manifest.backbone, weights=weights, input_size=size[0])
+    if weights is not None and backbone.weights != manifest.weights:
+        raise ValueError(f"backbone weights differ from the extraction's: manifest "
+                         f"{manifest.weights!r}, rebuilt {backbone.weights!r}")
+    h, w, d = (int(v) for v in backbone.feature_shape)
+    if manifest.feature_shape and [h * w, d] != list(manifest.feature_shape):
+        raise ValueError(f"rebuilt {manifest.backbone} gives features [{h * w}, {d}], the "
+                         f"manifest records {manifest.feature_shape}")
+    if manifest.feature_grid and [h, w] != list(manifest.feature_grid):
+        raise ValueError(f"rebuilt {manifest.backbone} grid {[h, w]} != manifest "
+                         f"feature_grid {manifest.feature_grid}")
+    return backbone
+
+
+def image_features(backbone_model, images, feature_dtype="float32", batch_size=8):
+    """Backbone features of images, stored and read back as the feature store does.
+
+    Mirrors :class:`FeatureFunction` (uint8 -> float32, ``training=False``,
+    ``[n, h, w, D] -> [n, h*w, D]`` row-major) followed by the store's round
+    trip (cast to ``feature_dtype`` and back to float32).
+
+    Args:
+        backbone_model: keras.Model, float32 RGB ``[B, H, W, 3]`` in [0, 255]
+            -> ``[B, h, w, D]``.
+        images: uint8 array ``[n, H, W, 3]``.
+        feature_dtype: ``"float16"`` or ``"float32"`` (manifest ``feature_dtype``).
+        batch_size: int, images per forward pass.
+
+    Returns:
+        float32 ndarray ``[n, h*w, D]``.
+
+    Raises:
+        ValueError: for an unknown ``feature_dtype``.
+    """
+    import tensorflow as tf
+
+    if feature_dtype not in ("float16", "float32"):
+        raise ValueError(f"feature_dtype must be 'float16' or 'float32', got {feature_dtype!r}")
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = tf.cast(tf.convert_to_tensor(np.asarray(images[i:i + batch_size])), tf.float32)
+        fmap = backbone_model(x, training=False).numpy()
+        out.append(fmap.reshape(fmap.shape[0], -1, fmap.shape[-1]))
+    feats = np.concatenate(out) if out else np.zeros((0, 0, 0), np.float32)
+    return feats.astype(feature_dtype).astype(np.float32)
+
+
+def manifest_resize_shorter(manifest, backbone=None):
+    """The shorter-side size the extraction resized raster images to (manifest first, else the backbone's)."""
+    rs = manifest.extra.get("resize_shorter")
+    if rs is None and backbone is not None:
+        rs = getattr(backbone, "resize_shorter", None)
+    return rs
+
+
+class FeatureExtractor:
+    """A feature store's extraction, applied to new image files.
+
+    Rebuilds the backbone recorded in the manifest (:func:`rebuild_backbone`)
+    and decodes each file with :func:`mll_tf.data.images.decode_image` at the
+    recorded input size and crop rule, then runs the backbone and the
+    store's dtype round trip (:func:`image_features`) -- the path the
+    training images took.
+
+    Args:
+        manifest: :class:`mll_tf.data.feature_store.Manifest` of the training split.
+        allow_random_backbone: bool (see :func:`rebuild_backbone`).
+
+    Call ``extract(paths)`` -> (features float32 ``[n, R, D]`` of the images
+    that loaded, in order; ``ok`` list of bool per path; ``errors`` list of
+    ``"<Exception>: <message>"`` or None per path).
+    """
+
+    def __init__(self, manifest, allow_random_backbone=False):
+        self.manifest = manifest
+        self.size = int(manifest.input_size[0])
+        self.backbone = rebuild_backbone(manifest, allow_random_backbone)
+        self.resize_shorter = manifest_resize_shorter(manifest, self.backbone)
+
+    def load(self, path):
+        """One file decoded as the extraction did: uint8 ``[S, S, 3]``."""
+        from mll_tf.data.images import decode_image
+
+        im = np.asarray(decode_image(path, self.size, self.resize_shorter), np.uint8)
+        if im.shape != (self.size, self.size, 3):
+            raise ValueError(f"decoder returned {im.shape}, expected {(self.size, self.size, 3)}")
+        return im
+
+    def extract(self, paths):
+        imgs, errors = [], []
+        for p in paths:
+            try:
+                imgs.append(self.load(p))
+                errors.append(None)
+            except Exception as e:  # noqa: BLE001 - reported per image
+                errors.append(f"{type(e).__name__}: {str(e)[:200]}")
+        ok = [e is None for e in errors]
+        if not imgs:
+            return np.zeros((0,) + tuple(self.manifest.feature_shape), np.float32), ok, errors
+        feats = image_features(self.backbone.model, np.stack(imgs), self.manifest.feature_dtype,
+                               batch_size=len(imgs))
+        return feats, ok, errors

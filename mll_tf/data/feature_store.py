@@ -33,6 +33,8 @@ import tensorflow as tf
 from mll_tf.data import schema
 
 MANIFEST_NAME = "manifest.json"
+#: Graph-level seed of the per-pass shuffles (any fixed non-zero value).
+_PASS_GRAPH_SEED = 87654321
 _SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{5,})\.tfrecord$")
 _STORE_FILE_RE = re.compile(r"^.+-\d{5,}\.(tfrecord|ids\.txt)(?P<tmp>\.tmp)?$")
 _RECORD_OVERHEAD = 16  # TFRecord framing: length (8) + 2 CRCs (4 + 4).
@@ -574,20 +576,26 @@ class FeatureStoreWriter:
 
 def make_dataset(split_dir, batch_size, *, shuffle=False, shuffle_buffer=4096, seed=None,
                  cache=False, repeat=False, drop_remainder=False, as_dict=False,
-                 require_complete=True):
+                 require_complete=True, start_example=0):
     """Build the tf.data input pipeline of a feature-store split.
 
     Pipeline: shard files from the manifest -> (shuffle the files) ->
     ``interleave(TFRecordDataset)`` with ``cycle_length = min(#shards,
-    max(4, cpu_count))`` and ``deterministic = not shuffle`` -> (``cache()``
-    of the serialized records, in memory) -> (``shuffle(shuffle_buffer)``) ->
-    (``repeat()``) -> ``batch`` -> ``map(parse_examples)`` on whole batches ->
-    ``prefetch(AUTOTUNE)``.
+    max(4, cpu_count))``, deterministic -> (``cache()`` of the serialized
+    records, in memory) -> (``shuffle(shuffle_buffer)``) -> (repeated) ->
+    (skip ``start_example`` records) -> ``batch`` -> ``map(parse_examples)`` on
+    whole batches -> ``prefetch(AUTOTUNE)``.
 
-    With ``shuffle=False`` the order is deterministic (round-robin over the
-    first ``cycle_length`` shards, in shard order), the same on every pass,
-    but not the write order when there are several shards; use
-    ``as_dict=True`` to get the image ids alongside.
+    The order is a pure function of ``seed``: pass ``e`` over the split
+    (``e = 0, 1, ...``) shuffles the shards and the records with a seed made
+    of ``seed`` and ``e``, so a stream resumed at record ``n``
+    (``start_example=n``) continues exactly where an uninterrupted one would
+    be, and only the records of the current pass before ``n`` are read and
+    dropped (with ``cache=True``, the cached passes are skipped in memory).
+    With ``shuffle=False`` every pass is in the same deterministic order
+    (round-robin over the first ``cycle_length`` shards, in shard order), not
+    the write order when there are several shards; use ``as_dict=True`` to
+    get the image ids alongside.
 
     Memory: the shuffle buffer holds ``shuffle_buffer`` *uncompressed*
     serialized records (e.g. 4096 x 196 x 512 float16 ~ 0.8 GB); ``cache=True``
@@ -598,7 +606,7 @@ def make_dataset(split_dir, batch_size, *, shuffle=False, shuffle_buffer=4096, s
         batch_size: int, examples per batch.
         shuffle: bool, shuffle the shard order and the records.
         shuffle_buffer: int, record shuffle buffer size.
-        seed: optional int, seed of both shuffles.
+        seed: optional int, seed of both shuffles (None: 0).
         cache: bool, cache the serialized records in memory after the first
             pass (never cached unless asked).
         repeat: bool, repeat indefinitely.
@@ -607,6 +615,8 @@ def make_dataset(split_dir, batch_size, *, shuffle=False, shuffle_buffer=4096, s
             :func:`~mll_tf.data.schema.parse_examples` instead of a tuple.
         require_complete: bool, refuse a store whose extraction was
             interrupted.
+        start_example: int >= 0, records of the (repeated) stream to skip
+            before the first batch (a resumed run: steps done x batch size).
 
     Returns:
         ``tf.data.Dataset`` of ``(features float32 [B, R, D], labels int8
@@ -617,12 +627,15 @@ def make_dataset(split_dir, batch_size, *, shuffle=False, shuffle_buffer=4096, s
     Raises:
         FileNotFoundError: naming the path, if the split directory, its
             manifest, or a listed shard is missing.
-        ValueError: if the manifest is corrupt or ``batch_size < 1``.
+        ValueError: if the manifest is corrupt, ``batch_size < 1`` or
+            ``start_example < 0``.
         IncompleteStoreError: (a RuntimeError) if the manifest is not complete
             and ``require_complete``.
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if int(start_example) < 0:
+        raise ValueError(f"start_example must be >= 0, got {start_example}")
     split_dir = os.fspath(split_dir)
     manifest = read_manifest(split_dir)
     if require_complete and not manifest.complete:
@@ -639,24 +652,48 @@ def make_dataset(split_dir, batch_size, *, shuffle=False, shuffle_buffer=4096, s
                                     f"{os.path.join(split_dir, MANIFEST_NAME)!r} is missing")
     compression = manifest.compression or None
     autotune = tf.data.AUTOTUNE
-
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(files, dtype=tf.string))
-    if shuffle and len(files) > 1:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     cycle = max(1, min(len(files), max(4, os.cpu_count() or 1)))
+    seed = 0 if seed is None else int(seed)
+    n = int(manifest.num_examples)
+    start = int(start_example)
 
     def read_shard(path):
         return tf.data.TFRecordDataset(path, compression_type=compression)
 
-    ds = ds.interleave(
-        read_shard, cycle_length=cycle, block_length=1, num_parallel_calls=autotune,
-        deterministic=not shuffle)
+    def one_pass(epoch):
+        """The records of pass ``epoch`` (a tf.int64 scalar), shuffled with (seed, epoch)."""
+        # A fixed graph-level seed for this traced function: the order then depends on
+        # (seed, epoch) only, not on the process's global seed.
+        tf.random.set_seed(_PASS_GRAPH_SEED)
+        pass_seed = seed * 1_000_003 + epoch
+        ds = tf.data.Dataset.from_tensor_slices(tf.constant(files, dtype=tf.string))
+        if shuffle and len(files) > 1:
+            ds = ds.shuffle(len(files), seed=pass_seed)
+        ds = ds.interleave(read_shard, cycle_length=cycle, block_length=1,
+                           num_parallel_calls=autotune, deterministic=True)
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer, seed=pass_seed)
+        return ds
+
     if cache:
-        ds = ds.cache()
-    if shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
+        ds = tf.data.Dataset.from_tensor_slices(tf.constant(files, dtype=tf.string)).interleave(
+            read_shard, cycle_length=cycle, block_length=1, num_parallel_calls=autotune,
+            deterministic=True).cache()
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        if start:
+            ds = ds.skip(start)
+    elif repeat:
+        first_pass, offset = divmod(start, max(n, 1))
+        ds = tf.data.Dataset.range(first_pass, 2**62).flat_map(one_pass)
+        if offset:
+            ds = ds.skip(offset)
+    else:
+        ds = one_pass(tf.constant(0, tf.int64))
+        if start:
+            ds = ds.skip(start)
     ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
 
     def parse(serialized):
@@ -667,3 +704,7 @@ def make_dataset(split_dir, batch_size, *, shuffle=False, shuffle_buffer=4096, s
 
     ds = ds.map(parse, num_parallel_calls=autotune)
     return ds.prefetch(autotune)
+
+
+class MissingFeaturesError(FileNotFoundError):
+    """A split's feature store does not exist; the message holds the command that makes it."""

@@ -9,7 +9,7 @@ from mll_tf.data.augment_np import split_aug_suffix
 from mll_tf.data.datasets.attributes_csv import (
     AttributesCSV, _hash_split, class_distribution, format_distribution, load_spec,
     plot_class_distribution)
-from mll_tf.registry import get_dataset
+from mll_tf.data.datasets import get_dataset
 from tests.data.partial_fixtures import ATTRIBUTE_SPEC, make_attributes_tree, write_csv
 
 NAMES = ["neck=round", "neck=v", "neck=collar", "sleeve=short", "sleeve=long",

@@ -6,7 +6,7 @@ import pytest
 
 from mll_tf.data.datasets.coco import (
     COCO2014, STOP_WORDS, caption_vocabulary, hash_fraction, tokenize)
-from mll_tf.registry import get_dataset
+from mll_tf.data.datasets import get_dataset
 from tests.data.partial_fixtures import make_coco_tree
 
 

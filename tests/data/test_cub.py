@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mll_tf.data.datasets.cub import CUB, attribute_text
-from mll_tf.registry import get_dataset
+from mll_tf.data.datasets import get_dataset
 from tests.data.oi_cub_fixtures import make_cub_tree
 
 

@@ -7,7 +7,7 @@ from PIL import Image
 
 from mll_tf.data.datasets.fashion_mnist_grid import (
     CLASS_NAMES, FashionMNISTGrid, compose_grids, load_split, read_idx, split_pools)
-from mll_tf.registry import get_dataset
+from mll_tf.data.datasets import get_dataset
 from tests.data.partial_fixtures import make_fmnist_idx, write_idx
 
 REAL_ROOT = "/usr/share/datasets/fashion-mnist"

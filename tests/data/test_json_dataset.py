@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mll_tf.data.datasets.json_dataset import JSONDataset
-from mll_tf.registry import get_dataset
+from mll_tf.data.datasets import get_dataset
 from tests.data.lesa_fixtures import make_json_tree
 
 

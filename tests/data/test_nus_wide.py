@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mll_tf.data.datasets.nus_wide import NUSWIDE, read_binary_table
-from mll_tf.registry import get_dataset
+from mll_tf.data.datasets import get_dataset
 from tests.data.lesa_fixtures import make_nus_wide_tree
 
 

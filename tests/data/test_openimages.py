@@ -9,7 +9,7 @@ import pytest
 from mll_tf.data.adapter import ImageRecord
 from mll_tf.data.datasets.openimages import (OpenImages, RestrictedUnpickler, load_mid_list_pickle,
                                              read_top_unseen)
-from mll_tf.registry import get_dataset
+from mll_tf.data.datasets import get_dataset
 from tests.data.lesa_fixtures import make_openimages_tree
 
 

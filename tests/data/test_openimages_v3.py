@@ -6,7 +6,7 @@ import pytest
 
 from mll_tf.data.datasets.openimages_v3 import OpenImagesV3
 from mll_tf.labels import from_pm1
-from mll_tf.registry import get_dataset
+from mll_tf.data.datasets import get_dataset
 from tests.data.oi_cub_fixtures import make_openimages_tree
 
 

@@ -8,7 +8,7 @@ import pytest
 from mll_tf.data.adapter import ImageRecord
 from mll_tf.data.datasets import _oi_common as oi
 from mll_tf.data.datasets.openimages_v6 import OpenImagesV6
-from mll_tf.registry import get_dataset
+from mll_tf.data.datasets import get_dataset
 from tests.data.oi_cub_fixtures import IMAGE_DIRS, make_openimages_tree
 
 

@@ -17,8 +17,8 @@ tfds = pytest.importorskip("tensorflow_datasets")
 from mll_tf.data.datasets import tfds_source  # noqa: E402
 from mll_tf.data.datasets.tfds_source import (  # noqa: E402
     TFDSDataset, find_label_feature, labels_to_multi_hot)
-from mll_tf.data.images import load_rgb_center_crop  # noqa: E402
-from mll_tf.registry import dataset_names, get_dataset  # noqa: E402
+from mll_tf.data.images import decode_image  # noqa: E402
+from mll_tf.data.datasets import dataset_names, get_dataset  # noqa: E402
 
 VOC_LABELS = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -63,7 +63,7 @@ def test_registry_tfds_names():
 
 
 def test_registry_import_does_not_import_tfds():
-    code = ("import sys, mll_tf.registry as r; r.get_dataset('tfds:voc/2007'); "
+    code = ("import sys, mll_tf.data.datasets as r; r.get_dataset('tfds:voc/2007'); "
             "assert 'tensorflow_datasets' not in sys.modules, 'imported'")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
@@ -127,7 +127,7 @@ def test_voc2007_from_mock_data(voc_metadata, tmp_path):
     assert set(prepared.splits) == {"train", "val", "test"}
     assert {s: len(r) for s, r in prepared.splits.items()} == {"train": N, "val": N, "test": N}
     assert prepared.skipped == {}
-    assert prepared.load_image is load_rgb_center_crop
+    assert prepared.load_image is decode_image
     extra = prepared.extra
     assert extra["source"] == "tfds" and extra["tfds_name"] == "voc/2007"
     assert extra["tfds_version"] == "5.0.0"

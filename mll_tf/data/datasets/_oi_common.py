@@ -34,7 +34,7 @@ import os
 import numpy as np
 
 from mll_tf.data.adapter import ImageRecord
-from mll_tf.data.images import load_rgb_center_crop
+from mll_tf.data.images import decode_image
 
 #: Columns of the human-verified image-level label CSVs that are read.
 LABEL_COLUMNS = ("ImageID", "LabelName", "Confidence")
@@ -58,7 +58,7 @@ def load_image(path, size, resize_shorter=None):
         ValueError: empty file. PIL.UnidentifiedImageError / OSError:
             unreadable image (the extractor records it as skipped).
     """
-    return load_rgb_center_crop(path, size, resize_shorter=resize_shorter)
+    return decode_image(path, size, resize_shorter=resize_shorter)
 
 
 def _looks_like_mid(s):

@@ -70,7 +70,7 @@ import numpy as np
 
 from mll_tf.data.adapter import ImageRecord, PreparedDataset
 from mll_tf.data.augment_np import PREPROCESSING, load_with_augmentation
-from mll_tf.registry import register_dataset
+from mll_tf.data.datasets._registry import register_dataset
 
 DEFAULT_ROOT = "data/attributes"
 UNKNOWN_TOKENS = frozenset({"#n/a", "na", "n/a", ""})

@@ -50,8 +50,8 @@ import re
 import numpy as np
 
 from mll_tf.data.adapter import ImageRecord, PreparedDataset
-from mll_tf.data.images import load_rgb_center_crop
-from mll_tf.registry import register_dataset
+from mll_tf.data.images import decode_image
+from mll_tf.data.datasets._registry import register_dataset
 
 DEFAULT_ROOT = "data/coco"
 
@@ -293,4 +293,4 @@ class COCO2014:
         extra["images_without_positives_by_split"] = empty
         return PreparedDataset(
             name=self.name, label_names=list(names), splits=splits, skipped=skipped,
-            load_image=load_rgb_center_crop, preprocessing=PREPROCESSING, extra=extra)
+            load_image=decode_image, preprocessing=PREPROCESSING, extra=extra)

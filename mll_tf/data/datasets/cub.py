@@ -50,8 +50,8 @@ import re
 import numpy as np
 
 from mll_tf.data.adapter import ImageRecord, PreparedDataset
-from mll_tf.data.images import load_rgb_center_crop
-from mll_tf.registry import register_dataset
+from mll_tf.data.images import decode_image
+from mll_tf.data.datasets._registry import register_dataset
 
 DEFAULT_ROOT = "data/CUB"
 
@@ -68,7 +68,7 @@ def load_image(path, size, resize_shorter=None):
         ValueError: empty file. PIL.UnidentifiedImageError / OSError:
             unreadable image.
     """
-    return load_rgb_center_crop(path, size, resize_shorter=resize_shorter)
+    return decode_image(path, size, resize_shorter=resize_shorter)
 
 
 def attribute_text(name):

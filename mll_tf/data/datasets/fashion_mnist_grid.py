@@ -50,8 +50,8 @@ import os
 import numpy as np
 
 from mll_tf.data.adapter import ImageRecord, PreparedDataset
-from mll_tf.data.images import load_rgb_center_crop
-from mll_tf.registry import register_dataset
+from mll_tf.data.images import decode_image
+from mll_tf.data.datasets._registry import register_dataset
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 DEFAULT_CACHE_DIR = "data/fashion_mnist_grid"
@@ -355,5 +355,5 @@ class FashionMNISTGrid:
         }
         return PreparedDataset(
             name=self.name, label_names=list(CLASS_NAMES), splits=splits,
-            skipped={s: [] for s in splits}, load_image=load_rgb_center_crop,
+            skipped={s: [] for s in splits}, load_image=decode_image,
             preprocessing=PREPROCESSING, extra=extra)

@@ -31,8 +31,8 @@ import os
 import numpy as np
 
 from mll_tf.data.adapter import ImageRecord, PreparedDataset
-from mll_tf.data.images import load_rgb_center_crop
-from mll_tf.registry import register_dataset
+from mll_tf.data.images import decode_image
+from mll_tf.data.datasets._registry import register_dataset
 
 DEFAULT_ROOT = None
 SPLITS = ("train", "val", "test")
@@ -209,4 +209,4 @@ class JSONDataset:
         }
         return PreparedDataset(
             name=self.name, label_names=label_names, splits=splits, skipped=skipped,
-            load_image=load_rgb_center_crop, preprocessing=PREPROCESSING, extra=extra)
+            load_image=decode_image, preprocessing=PREPROCESSING, extra=extra)

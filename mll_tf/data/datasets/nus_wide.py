@@ -57,8 +57,8 @@ import os
 import numpy as np
 
 from mll_tf.data.adapter import ImageRecord, PreparedDataset
-from mll_tf.data.images import load_rgb_center_crop
-from mll_tf.registry import register_dataset
+from mll_tf.data.images import decode_image
+from mll_tf.data.datasets._registry import register_dataset
 
 DEFAULT_ROOT = "data/NUS_WIDE"
 
@@ -337,4 +337,4 @@ class NUSWIDE:
                 f"(<= {self.min_file_bytes} bytes) still drops that image")
         return PreparedDataset(
             name=self.name, label_names=label_names, splits=splits, skipped=dict(skipped),
-            load_image=load_rgb_center_crop, preprocessing=PREPROCESSING, extra=extra)
+            load_image=decode_image, preprocessing=PREPROCESSING, extra=extra)

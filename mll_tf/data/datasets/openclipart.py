@@ -28,7 +28,6 @@ reason; render failures are caught later, during extraction.
 import collections
 import glob
 import hashlib
-import io
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -36,7 +35,8 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from mll_tf.data.adapter import ImageRecord, PreparedDataset
-from mll_tf.registry import register_dataset
+from mll_tf.data.datasets._registry import register_dataset
+from mll_tf.data.images import decode_image, render_svg  # noqa: F401  (render_svg: the drawings' renderer)
 
 DEFAULT_ROOT = "/usr/share/openclipart/svg"
 _DC = "{http://purl.org/dc/elements/1.1/}"
@@ -84,30 +84,6 @@ def read_tags(data):
             if li.text:
                 tags.update(normalize_tag(li.text))
     return tags
-
-
-def render_svg(path, size, resize_shorter=None):
-    """Render an SVG to an RGB ``uint8 [size, size, 3]`` array on white.
-
-    ``resize_shorter`` is accepted for the common loader signature and
-    ignored: a drawing is rendered at ``size`` and padded, never cropped.
-
-    Raises:
-        ValueError: if the file is empty.
-        Exception: whatever cairosvg raises on a broken drawing (the extractor
-            records it as a render error).
-    """
-    import cairosvg
-    from PIL import Image, ImageOps
-
-    if os.path.getsize(path) == 0:
-        raise ValueError("empty file")
-    png = cairosvg.svg2png(url=path, output_width=size)
-    im = Image.open(io.BytesIO(png)).convert("RGBA")
-    white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-    im = Image.alpha_composite(white, im).convert("RGB")
-    im = ImageOps.pad(im, (size, size), method=Image.Resampling.BILINEAR, color=(255, 255, 255))
-    return np.asarray(im, dtype=np.uint8)
 
 
 @register_dataset("openclipart")
@@ -201,4 +177,4 @@ class OpenClipArt:
         }
         return PreparedDataset(
             name=self.name, label_names=vocab, splits=splits, skipped=dict(skipped),
-            load_image=render_svg, preprocessing=PREPROCESSING, extra=extra)
+            load_image=decode_image, preprocessing=PREPROCESSING, extra=extra)

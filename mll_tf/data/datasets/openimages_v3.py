@@ -28,7 +28,7 @@ counted. IMCL feeds raw JPEG bytes to the OID ResNet-101 checkpoint; the
 """
 
 from mll_tf.data.datasets._oi_common import OpenImagesAdapterBase, load_image  # noqa: F401
-from mll_tf.registry import register_dataset
+from mll_tf.data.datasets._registry import register_dataset
 
 DEFAULT_ROOT = "data/openimages_v3"
 

@@ -37,7 +37,7 @@ images resized to shorter side 256) is not an official layout and is not read.
 """
 
 from mll_tf.data.datasets._oi_common import OpenImagesAdapterBase, load_image  # noqa: F401
-from mll_tf.registry import register_dataset
+from mll_tf.data.datasets._registry import register_dataset
 
 DEFAULT_ROOT = "data/openimages_v6"
 

@@ -42,7 +42,7 @@ import os
 import numpy as np
 
 from mll_tf.data.adapter import ImageRecord, PreparedDataset
-from mll_tf.data.images import load_rgb_center_crop
+from mll_tf.data.images import decode_image
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
@@ -377,5 +377,5 @@ class TFDSDataset:
             "(default: size), central size x size crop, uint8")
         return PreparedDataset(
             name=f"tfds:{self.name}", label_names=label_names, splits=splits,
-            skipped=dict(skipped), load_image=load_rgb_center_crop,
+            skipped=dict(skipped), load_image=decode_image,
             preprocessing=preprocessing, extra=extra)
