@@ -58,14 +58,14 @@ def zsl_gzsl_report(gzsl_scores, gzsl_labels, num_unseen, ks=(3, 5)):
 
 
 def format_table(summary, ks=(3, 5), title=None):
-    """Plain-text table of a ``zsl_gzsl_report`` summary (values in percent)."""
+    """Plain-text table of a ``zsl_gzsl_report`` summary (fractions in [0, 1], 4 decimals)."""
     cols = ["mAP"] + [f"{m}@{k}" for k in ks for m in ("P", "R", "F1")]
     lines = []
     if title:
         lines.append(title)
     lines.append(f"{'setting':<8}{'labels':>7}" + "".join(f"{c:>8}" for c in cols))
     for name, row in summary.items():
-        vals = "".join(f"{100 * row[c]:8.2f}" if c in row else f"{'-':>8}" for c in cols)
+        vals = "".join(f"{row[c]:8.4f}" if c in row else f"{'-':>8}" for c in cols)
         lines.append(f"{name:<8}{row['num_labels']:>7}" + vals)
     return "\n".join(lines)
 
@@ -123,7 +123,7 @@ def partial_label_report(logits, labels, threshold=0.5, groups=None):
 
 
 def format_partial_table(results, title=None):
-    """Plain-text table of several :func:`partial_label_report` summaries (percent).
+    """Plain-text table of several :func:`partial_label_report` summaries (fractions in [0, 1]).
 
     Args:
         results: dict row name -> summary.
@@ -135,5 +135,5 @@ def format_partial_table(results, title=None):
     lines.append(f"{'':<12}" + "".join(f"{c.replace('acc/', 'acc ')[:11]:>12}" for c in cols))
     for name, row in results.items():
         lines.append(f"{name:<12}" + "".join(
-            f"{100 * row[c]:12.2f}" if c in row and np.isfinite(row[c]) else f"{'-':>12}" for c in cols))
+            f"{row[c]:12.4f}" if c in row and np.isfinite(row[c]) else f"{'-':>12}" for c in cols))
     return "\n".join(lines)

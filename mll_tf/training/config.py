@@ -1,132 +1,359 @@
-"""Experiment configuration: one dataclass, saved as YAML beside the checkpoints."""
+"""Experiment configuration: the run fields every method shares plus the method's own.
+
+A run's configuration is a :class:`RunConfig` (data, optimisation, schedule,
+distribution, bookkeeping) and the config dataclass of its task
+(``mll_tf.tasks.<method>``, e.g. :class:`mll_tf.tasks.lesa.LESAConfig`).
+Both are plain dataclasses whose fields carry their command-line help, range
+and choices in ``metadata`` (see :func:`option`), so one description serves
+the flags of ``experiments/train.py``, the validation of a YAML or Python
+config file and the Python API alike.
+
+Saved as ``<run_dir>/config.yaml``::
+
+    method: lesa
+    dataset: openclipart
+    ...                 # the RunConfig fields
+    task:               # the task's config fields
+      num_heads: 10
+      ...
+
+:func:`load_config_file` reads such a file, a flat YAML mapping, or a Python
+module with a ``get_config()`` function returning that mapping (big_vision /
+ml_collections style); flags then override it.
+"""
 
 import dataclasses
+import importlib.util
 import os
 
 import yaml
 
+__all__ = ["RunConfig", "option", "validate_fields", "config_to_dict", "load_config_file",
+           "split_mapping", "PACKAGED_CONFIGS_DIR", "packaged_configs"]
+
+#: Folder of the packaged experiment configs (``--config lesa_nus_wide``).
+PACKAGED_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "configs")
+
+
+def option(default, help, *, min=None, max=None, choices=None, min_exclusive=False,  # noqa: A002
+           listed=None):
+    """A dataclass field with its flag description.
+
+    Args:
+        default: the default value (its type is the flag's type).
+        help: str, the ``--help`` text.
+        min, max: optional bounds (inclusive; ``min_exclusive`` makes the
+            lower bound strict).
+        choices: optional tuple of allowed values, or a zero-argument
+            callable returning them (a registry's ``names``), so that
+            ``--help`` lists what is registered.
+        listed: optional zero-argument callable returning names that
+            ``--help`` lists without restricting the value to them (e.g. the
+            registered datasets, where ``tfds:<name>`` is accepted too).
+
+    Returns:
+        ``dataclasses.field``.
+    """
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "min_exclusive": min_exclusive,
+            "listed": listed}
+    if isinstance(default, (list, tuple)):
+        return dataclasses.field(default_factory=lambda d=tuple(default): d, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _choices(field):
+    c = field.metadata.get("choices")
+    return tuple(c()) if callable(c) else c
+
+
+def coerce_fields(cfg):
+    """YAML gives lists and ints where a config wants tuples and floats: convert them in place."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if isinstance(default, tuple) and isinstance(v, list):
+            setattr(cfg, f.name, tuple(v))
+        elif isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
+            setattr(cfg, f.name, float(v))
+
+
+def flag_name(name):
+    """``batch_size`` -> ``--batch-size`` (the spelling errors use)."""
+    return "--" + name.replace("_", "-")
+
+
+def validate_fields(cfg):
+    """Check every field of a config dataclass against its type, range and choices.
+
+    Raises:
+        ValueError: one line naming the flag, the bad value and the rule.
+    """
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        meta = f.metadata
+        name = flag_name(f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if isinstance(default, bool):
+            if not isinstance(v, bool):
+                raise ValueError(f"{name}: expected true or false, got {v!r}")
+            continue
+        if isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name}: expected an integer, got {v!r}")
+        elif isinstance(default, float):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"{name}: expected a number, got {v!r}")
+            v = float(v)
+            if v != v or v in (float("inf"), float("-inf")):
+                raise ValueError(f"{name}: expected a finite number, got {v!r}")
+            setattr(cfg, f.name, v)
+        elif isinstance(default, str):
+            if not isinstance(v, str):
+                raise ValueError(f"{name}: expected a string, got {v!r}")
+        elif isinstance(default, tuple):
+            if not isinstance(v, (list, tuple)):
+                raise ValueError(f"{name}: expected a list, got {v!r}")
+            setattr(cfg, f.name, tuple(v))
+            v = tuple(v)
+        lo, hi = meta.get("min"), meta.get("max")
+        values = v if isinstance(v, tuple) else (v,)
+        for x in values:
+            if isinstance(x, (int, float)) and not isinstance(x, bool):
+                if lo is not None and (x < lo or (meta.get("min_exclusive") and x == lo)):
+                    rel = ">" if meta.get("min_exclusive") else ">="
+                    raise ValueError(f"{name}: must be {rel} {lo}, got {x!r}")
+                if hi is not None and x > hi:
+                    raise ValueError(f"{name}: must be <= {hi}, got {x!r}")
+        choices = _choices(f)
+        if choices is not None and v not in choices:
+            raise ValueError(f"{name}: {v!r} is not one of {', '.join(map(str, choices))}")
+    return cfg
+
+
+def _optimizer_names():
+    from mll_tf.optimizers import optimizer_names
+    return optimizer_names()
+
+
+def _task_names():
+    from mll_tf.tasks import task_names
+    return task_names()
+
+
+def _dataset_names():
+    from mll_tf.data.datasets import dataset_names
+    return dataset_names() + ["tfds:<name>"]
+
+
+def _backbone_names():
+    from mll_tf.backbones import backbone_names
+    return backbone_names()
+
 
 @dataclasses.dataclass
-class TrainConfig:
-    """Resolved configuration of a training run (``run_dir/config.yaml``).
+class RunConfig:
+    """What every training run has, whatever the method (``<run_dir>/config.yaml``, top level).
 
-    Every field has a command-line flag of the same name in
-    ``experiments/train.py`` (``--batch_size`` / ``--batch-size``).
+    Every field is a flag of ``experiments/train.py`` (``batch_size`` ->
+    ``--batch-size`` or ``--batch_size``). Fractions are in [0, 1].
     """
-    method: str = "lesa"
-    protocol: str = ""  # "lesa_nus_wide" / "lesa_openimages": reference settings (mll_tf/protocols.py)
-    dataset: str = "openclipart"
-    backbone: str = "efficientnet_lite0"
-    input_size: int = 224
-    features_root: str = "data/features"
-    run_dir: str = ""
-    # labels / zero-shot split
-    word_vectors: str = "glove-6b-50d"
-    unseen_fraction: float = 0.25
-    min_test_images: int = 10
-    # model (LESA, METHODS.md §1.2)
-    num_heads: int = 10
-    conv_channels: int = 512
-    # loss (METHODS.md §1.3)
-    margin: float = 1.0
-    distribution_weight: float = 0.1
-    global_weight: float = 0.001
-    span_weight: float = 0.01
-    # optimisation. Default: Adam 1e-4 (best of the measured settings on the clip-art tags).
-    # The reference (METHODS.md §1.4) is --optimizer rmsprop --learning-rate 1e-3.
-    optimizer: str = "adam"  # adam | rmsprop (Keras) | rmsprop_tf1 (TF1 semantics, METHODS.md §6.1)
-    learning_rate: float = 1e-4
-    lr_schedule: str = "constant"  # constant | adaptive (LESA/IMCL LearningRate.adapt, METHODS.md §1.4)
-    lr_signal: float = 0.3  # adaptive: EMA weight of the newest validation value
-    lr_decay: float = 0.8  # adaptive: factor applied on a drop of the EMA
-    lr_patience: int = 5  # adaptive: evaluations to wait after a decay
-    lr_floor_fraction: float = 1e-3  # adaptive: no decay once lr < floor_fraction * learning_rate
-    batch_size: int = 32
-    epochs: int = 8
-    max_steps: int = 0  # > 0: train for this many steps (iterations) instead of `epochs`
-    eval_every: int = 0  # > 0: validate/checkpoint every N steps instead of once per epoch
-    shuffle: bool = True  # False: file order, as the LESA reference
-    shuffle_buffer: int = 2048
-    cache: bool = False
-    seed: int = 0
-    cpu_replicas: int = 1
-    jit_compile: bool = False  # XLA for the train step; tested on one replica only
-    # partial labels (CSL / ASL / Ignore / Negative / logistic; METHODS.md §3)
-    partial_labels: str = "none"  # simulate on the train split: none | fpc:<N per class> | rps:<drop fraction>
-    partial_mode: str = ""  # "" -> the method's; negative | ignore | ignore_normalize_classes | selective
-    gamma_pos: float = -1.0  # < 0 -> the method's default (CSL 0, ASL 0)
-    gamma_neg: float = -1.0  # < 0 -> the method's default (CSL 1, ASL 4)
-    gamma_unann: float = -1.0  # < 0 -> the method's default (CSL 4)
-    loss_clip: float = -1.0  # < 0 -> the method's default (CSL 0, ASL 0.05)
-    likelihood_topk: int = 5  # CSL selective: un-annotated entries per image ignored as likely positives
-    prior_path: str = ""  # CSL selective: class-prior CSV (Classes,avg_pred) matched by class name
-    prior_threshold: float = 0.05  # CSL selective: classes with a prior above this are not negatives
-    dropout: float = 0.0  # before the classifier of the head
-    threshold: float = 0.5  # probability threshold of CP/CR/CF1/OP/OR/OF1
-    finetune: bool = False  # train the backbone end to end on images instead of stored features
-    data_root: str = ""  # --finetune: the dataset root ("" -> the adapter's default)
-    dataset_options: str = ""  # --finetune: adapter options KEY=VALUE,... as for extract/build_tfrecords.py
-    weight_decay: float = 0.0  # adamw: decoupled weight decay (not on biases / BN)
-    # IMCL (METHODS.md §2)
-    imcl_k: int = 3  # OMP sparsity: neighbours per image
-    imcl_threshold: float = 1e-3  # OMP score threshold (thresold_coeff)
-    imcl_dict_size: int = 10000  # dictionary entries drawn from the training split (0: all)
-    imcl_graph: str = "cooccurrence"  # cooccurrence | identity | word_knn | path to a label-graph .npz
-    imcl_alpha_colab: float = 1.0  # lambda_c = alpha_c * L_log / L_colab at initialisation
-    imcl_alpha_feature: float = 0.5  # lambda_f = alpha_f * L_log / L_feat at initialisation
-    imcl_c: float = 2.0  # asymmetric sigmoid range (-1/c, 1)
-    imcl_graph_learning_rate: float = -1.0  # < 0: the classifier's learning rate
-    imcl_init_from: str = ""  # run dir of a logistic run: start Theta from its classifier (the reference
-    #                           starts from a trained classifier, METHODS.md §2.1)
-    imcl_backbone_learning_rate: float = -1.0  # --finetune: < 0 -> 0.1 x learning_rate
-    imcl_dict_refresh_steps: int = 250  # --finetune: recompute dictionary features every N steps (reference 250)
-    imcl_refresh: int = 1  # recompute the dictionary predictions every N steps (1: exact, the reference)
-    log_every: int = 20
-    eval_k: tuple = ()  # () -> the dataset's K values (mll_tf/protocols.py: NUS-WIDE 3,5; OpenImages 10,20)
-    monitor: str = ""  # "" -> the method's: LESA val/seen/F1@5, partial-label methods val/mAP_partial
+    # --- what to train, on what
+    method: str = option("lesa", "training method", choices=_task_names)
+    dataset: str = option("openclipart", "dataset adapter whose feature store (or images, with "
+                          "--finetune) is trained on", listed=_dataset_names)
+    dataset_options: str = option("", "adapter options KEY=VALUE,... (as for extract/build_tfrecords.py); "
+                                  "used with --finetune")
+    data_root: str = option("", "--finetune: the dataset root ('' -> the adapter's default)")
+    features_root: str = option("data/features", "root of the feature stores written by "
+                                "extract/build_tfrecords.py")
+    backbone: str = option("efficientnet_lite0", "backbone that made the features (or is fine-tuned)",
+                           choices=_backbone_names)
+    input_size: int = option(224, "square input size in pixels of the backbone", min=1)
+    finetune: bool = option(False, "train the backbone end to end on images instead of stored features "
+                            "(methods that support it)")
+    word_vectors: str = option("glove-6b-50d", "word vectors: 'glove-6b-50d' (offline, PyPI) or a "
+                               "GloVe-format text file")
+    partial_labels: str = option("none", "simulate partial training labels: none | fpc:<N per class> | "
+                                 "rps:<drop fraction>")
+    run_dir: str = option("", "run directory ('' -> runs/<method>_<dataset>)")
+    # --- optimisation
+    optimizer: str = option("adam", "optimizer", choices=_optimizer_names)
+    learning_rate: float = option(1e-4, "initial learning rate", min=0.0, min_exclusive=True)
+    weight_decay: float = option(0.0, "adamw: decoupled weight decay (not on biases / norm parameters)",
+                                 min=0.0)
+    lr_schedule: str = option("constant", "constant | adaptive (LESA/IMCL LearningRate.adapt: EMA of the "
+                              "monitored metric, decay on a drop)", choices=("constant", "adaptive"))
+    lr_signal: float = option(0.3, "adaptive: EMA weight of the newest validation value", min=0.0,
+                              max=1.0, min_exclusive=True)
+    lr_decay: float = option(0.8, "adaptive: factor applied on a drop of the EMA", min=0.0, max=1.0,
+                             min_exclusive=True)
+    lr_patience: int = option(5, "adaptive: validation rounds to wait after a decay", min=0)
+    lr_floor_fraction: float = option(1e-3, "adaptive: no decay once lr < this fraction of "
+                                      "--learning-rate", min=0.0)
+    batch_size: int = option(32, "global batch size (split over the replicas)", min=1)
+    epochs: int = option(8, "validation rounds (epochs) to train, unless --max-steps", min=1)
+    max_steps: int = option(0, "> 0: train this many steps in all instead of --epochs", min=0)
+    eval_every: int = option(0, "> 0: a round is this many steps (the reference's evaluation period) "
+                             "instead of one pass over the training split", min=0)
+    steps_per_execution: int = option(1, "training steps run per call of the compiled step "
+                                      "(keras compile(steps_per_execution)); must divide the round length",
+                                      min=1)
+    shuffle: bool = option(True, "shuffle the training examples (--noshuffle: file order, as the "
+                           "LESA reference)")
+    shuffle_buffer: int = option(2048, "records in the shuffle buffer (memory: this many uncompressed "
+                                 "feature maps)", min=1)
+    cache: bool = option(False, "hold the serialized training split in memory after the first pass")
+    seed: int = option(0, "seed of weight initialisation, shuffling and label simulation", min=0)
+    cpu_replicas: int = option(1, "without GPUs: split the CPU into this many MirroredStrategy replicas",
+                               min=1)
+    jit_compile: bool = option(False, "compile the training step with XLA")
+    # --- validation and bookkeeping
+    monitor: str = option("", "validation metric that selects best.keras and drives --lr-schedule "
+                          "adaptive ('' -> the method's)")
+    log_every: int = option(20, "TensorBoard: write batch-level scalars every N steps", min=1)
+    backup_every: int = option(500, "back up the training state every N steps (and after every round) "
+                               "so that --resume continues from the last saved step", min=1)
 
-    def apply_protocol(self, explicit=()):
-        """Return a copy with ``self.protocol``'s settings, except fields in ``explicit``.
+    def __post_init__(self):
+        coerce_fields(self)
+
+    def validate(self):
+        """Check ranges and choices (:func:`validate_fields`), then cross-field rules.
 
         Raises:
-            KeyError: unknown protocol (names the ``--protocol`` flag).
+            ValueError: one line naming the flag.
         """
-        if not self.protocol:
-            return self
-        from mll_tf.protocols import get_protocol
-        proto = get_protocol(self.protocol)
-        return dataclasses.replace(self, **{k: v for k, v in proto.train.items() if k not in explicit})
+        validate_fields(self)
+        from mll_tf.data.simulation import parse_scheme
+        try:
+            parse_scheme(self.partial_labels or "none")
+        except ValueError as e:
+            raise ValueError(f"--partial-labels: {e}") from None
+        if self.steps_per_execution > 1:
+            for name, value in (("--eval-every", self.eval_every), ("--max-steps", self.max_steps)):
+                if value and value % self.steps_per_execution:
+                    raise ValueError(f"{name} {value} must be a multiple of --steps-per-execution "
+                                     f"{self.steps_per_execution}")
+        return self
 
-    def steps_per_round(self, num_examples):
-        """Training steps between two validations (an "epoch" unless ``eval_every``)."""
-        if self.eval_every > 0:
-            return self.eval_every
-        return num_examples // self.batch_size
-
-    def num_rounds(self, num_examples):
-        """Number of validation rounds: ``epochs``, or ceil(max_steps / steps_per_round)."""
-        if self.max_steps > 0:
-            per = self.steps_per_round(num_examples)
-            return -(-self.max_steps // max(per, 1))
-        return self.epochs
-
-    def save(self, path):
-        d = dataclasses.asdict(self)
-        d["eval_k"] = list(self.eval_k)
-        with open(path, "w") as f:
-            yaml.safe_dump(d, f, sort_keys=False)
-
-    @classmethod
-    def load(cls, path):
-        with open(path) as f:
-            d = yaml.safe_load(f)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
-        d["eval_k"] = tuple(d.get("eval_k") or ())
-        return cls(**d)
+    def default_run_dir(self):
+        """``runs/<method>_<dataset>`` with path characters of the dataset name replaced."""
+        return os.path.join("runs", f"{self.method}_{self.dataset}".replace(":", "_").replace("/", "_"))
 
     def features_dir(self, split):
         """``<features_root>/<dataset>/<backbone>_<size>/<split>`` (as written by extract/)."""
         ds = self.dataset.replace(":", "_").replace("/", "_")
         return os.path.join(self.features_root, ds, f"{self.backbone}_{self.input_size}", split)
+
+    def steps_per_round(self, num_examples):
+        """Training steps between two validations: ``eval_every``, or one pass (``N // batch``)."""
+        if self.eval_every > 0:
+            return self.eval_every
+        return num_examples // self.batch_size
+
+    def num_rounds(self, num_examples):
+        """Validation rounds: ``epochs``, or ``ceil(max_steps / steps_per_round)``."""
+        if self.max_steps > 0:
+            per = self.steps_per_round(num_examples)
+            return -(-self.max_steps // max(per, 1))
+        return self.epochs
+
+    def total_steps(self, num_examples):
+        """Training steps of the whole run."""
+        if self.max_steps > 0:
+            return self.max_steps
+        return self.epochs * self.steps_per_round(num_examples)
+
+
+def config_to_dict(run, task_config):
+    """The YAML mapping of a run: RunConfig fields, then ``task:`` with the task's fields."""
+    d = dataclasses.asdict(run)
+    t = dataclasses.asdict(task_config)
+    for k, v in list(t.items()):
+        if isinstance(v, tuple):
+            t[k] = list(v)
+    d["task"] = t
+    return d
+
+
+def split_mapping(mapping, task_config_cls, source):
+    """Split a config mapping into (run fields, task fields).
+
+    Accepts the saved layout (task fields under ``task:``) and a flat one
+    (any key that is a task field goes to the task).
+
+    Raises:
+        ValueError: naming ``source`` and every key that is neither.
+    """
+    run_names = {f.name for f in dataclasses.fields(RunConfig)}
+    task_names = {f.name for f in dataclasses.fields(task_config_cls)}
+    mapping = dict(mapping or {})
+    task = dict(mapping.pop("task", None) or {})
+    run = {}
+    for k, v in mapping.items():
+        if k in run_names:
+            run[k] = v
+        elif k in task_names:
+            task[k] = v
+        else:
+            raise ValueError(f"{source}: unknown key {k!r} (not a run option nor an option of "
+                             f"--method {mapping.get('method', '?')})")
+    unknown = sorted(set(task) - task_names)
+    if unknown:
+        raise ValueError(f"{source}: {', '.join(repr(k) for k in unknown)} are not options of "
+                         f"{task_config_cls.__name__}")
+    return run, task
+
+
+def packaged_configs():
+    """Names of the experiment configs shipped with the package (``--config NAME``)."""
+    if not os.path.isdir(PACKAGED_CONFIGS_DIR):
+        return []
+    return sorted(os.path.splitext(f)[0] for f in os.listdir(PACKAGED_CONFIGS_DIR)
+                  if f.endswith((".yaml", ".py")) and not f.startswith("_"))
+
+
+def load_config_file(path_or_name):
+    """Read an experiment config: a ``.yaml`` file, a ``.py`` module with ``get_config()``, or a packaged name.
+
+    Args:
+        path_or_name: str, a file path, or the name of a packaged config
+            (``lesa_nus_wide``: ``mll_tf/configs/lesa_nus_wide.yaml``).
+
+    Returns:
+        (dict mapping, str resolved path).
+
+    Raises:
+        ValueError: naming ``--config`` when the file does not exist, is not
+            a mapping, or a Python config has no ``get_config()``.
+    """
+    path = os.fspath(path_or_name)
+    if not os.path.exists(path):
+        for ext in (".yaml", ".py"):
+            cand = os.path.join(PACKAGED_CONFIGS_DIR, path + ext)
+            if os.path.exists(cand):
+                path = cand
+                break
+        else:
+            raise ValueError(f"--config: no file {path!r} and no packaged config of that name "
+                             f"(packaged: {', '.join(packaged_configs())})")
+    if path.endswith(".py"):
+        spec = importlib.util.spec_from_file_location("_mll_tf_config", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ValueError(f"--config {path}: a Python config must define get_config()")
+        data = module.get_config()
+        data = dict(data.to_dict() if hasattr(data, "to_dict") else data)
+    else:
+        with open(path) as f:
+            try:
+                data = yaml.safe_load(f)
+            except yaml.YAMLError as e:
+                raise ValueError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a mapping of options, got {type(data).__name__}")
+    return data, path

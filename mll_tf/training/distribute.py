@@ -40,3 +40,30 @@ def make_strategy(cpu_replicas=1):
                                "TensorFlow was initialised first")
         return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_replicas)])
     return tf.distribute.MirroredStrategy(["/cpu:0"])
+
+
+def distributed_train_step(strategy, model, jit_compile=False):
+    """One training step of a compiled task model outside ``fit``: what ``fit`` runs per step.
+
+    ``strategy.run(model.train_step, batch)`` in a ``tf.function``, the logs
+    reduced over replicas (each replica logs global-batch values, so the
+    mean is that value). For benchmarks and interactive use; training goes
+    through :func:`mll_tf.training.runner.fit_task`.
+
+    Args:
+        strategy: the ``tf.distribute.Strategy`` the model was built under.
+        model: a compiled task model (``model.optimizer`` and ``model.loss`` set).
+        jit_compile: bool, XLA-compile the step.
+
+    Returns:
+        ``step(batch) -> dict of float32 scalars`` (``loss`` and the method's
+        terms; running means since the metrics were last reset), taking a
+        batch from ``strategy.experimental_distribute_dataset``.
+    """
+
+    @tf.function(jit_compile=jit_compile)
+    def step(batch):
+        out = strategy.run(model.train_step, args=(batch,))
+        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in out.items()}
+
+    return step

@@ -228,3 +228,26 @@ class InverseSqrtDecay(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate,
                 "name": self.name}
+
+
+def build_lr_schedule(run):
+    """The per-round learning-rate rule of a run configuration.
+
+    Args:
+        run: :class:`mll_tf.training.config.RunConfig`.
+
+    Returns:
+        None for ``--lr-schedule constant``, else an
+        :class:`AdaptiveLearningRate` (EMA of the monitored metric with weight
+        ``lr_signal``, x ``lr_decay`` on a drop, ``lr_patience`` rounds
+        between decays, floor ``lr_floor_fraction * learning_rate``).
+
+    Raises:
+        ValueError: naming ``--lr-schedule`` for an unknown rule.
+    """
+    if run.lr_schedule == "constant":
+        return None
+    if run.lr_schedule == "adaptive":
+        return AdaptiveLearningRate(run.learning_rate, signal_strength=run.lr_signal, decay=run.lr_decay,
+                                    patience=run.lr_patience, floor_fraction=run.lr_floor_fraction)
+    raise ValueError(f"--lr-schedule: unknown {run.lr_schedule!r} (constant, adaptive)")

@@ -1,4 +1,4 @@
-"""Tests for mll_tf.models.imcl (METHODS.md §2.1-2.2)."""
+"""Tests for mll_tf.models.imcl and the IMCL step builders of mll_tf.tasks.imcl (paper Sec. 3)."""
 
 import math
 
@@ -11,9 +11,9 @@ from mll_tf import labels as mll_labels
 from mll_tf.graphs.label_graph import preprocess_graph
 from mll_tf.losses.imcl_loss import IMCLLoss
 from mll_tf.models.imcl import (IMCLDictionary, IMCLModel, LabelDependency,
-                                asym_sigmoid, clamp_labels, labels_to_pm1,
-                                make_imcl_train_step, make_logistic_train_step,
-                                refresh_dictionary)
+                                asym_sigmoid, clamp_labels, labels_to_pm1)
+from mll_tf.tasks.imcl import (make_imcl_train_step, make_logistic_train_step,
+                               refresh_dictionary)
 from tests.ops.test_omp import np_omp
 
 B, N, C, D, K = 6, 14, 5, 4, 2

@@ -127,22 +127,23 @@ def tiny_run(tmp_path_factory):
 
 
 def test_explain_images_reproduces_the_stored_features(tiny_run):
+    from mll_tf.data.extraction import image_features, rebuild_backbone
     from mll_tf.data.feature_store import make_dataset, read_manifest
-    from mll_tf.training.config import TrainConfig
+    from mll_tf.tasks import load_task
+    from mll_tf.tasks.lesa import attention_examples, explain_images
 
     root, run, _ = tiny_run
-    cfg = TrainConfig.load(str(run / "config.yaml"))
-    split_dir = cfg.features_dir("train")
-    ex = va.attention_examples(split_dir, 3)
+    split_dir = load_task(str(run)).features_dir("train")
+    ex = attention_examples(split_dir, 3)
     assert len(ex.image_ids) == 3 and ex.images.shape == (3, 64, 64, 3) and ex.grid == (2, 2)
     # the stored record of the first id equals the features recomputed from its file
     batch = next(iter(make_dataset(split_dir, 3, as_dict=True)))
     assert batch["image_id"].numpy()[0].decode() == ex.image_ids[0]
-    backbone = va._build_backbone_like(read_manifest(split_dir))
-    feats = va.image_features(backbone.model, ex.images, "float16")
+    backbone = rebuild_backbone(read_manifest(split_dir))
+    feats = image_features(backbone.model, ex.images, "float16")
     np.testing.assert_allclose(feats, ex.features, rtol=2e-3, atol=2e-3)
 
-    res = va.explain_images(str(run), [os.path.join(str(root / "svg"), ex.image_ids[0])], k=3)
+    res = explain_images(str(run), [os.path.join(str(root / "svg"), ex.image_ids[0])], k=3)
     r = res[0]
     assert "error" not in r and r["attention"].shape == (2, 4) and r["grid"] == (2, 2)
     np.testing.assert_allclose(r["attention"].sum(-1), 1.0, rtol=1e-5)

@@ -1,0 +1,273 @@
+"""The Task: one training method, everything the one loop needs from it.
+
+A task (TF Model Garden's ``Task``; keras-hub's task/backbone split) owns a
+method's configuration, data, model, loss, validation and evaluation; the
+loop itself is ``keras.Model.fit`` in :func:`mll_tf.training.runner.fit_task`
+and is the same for every method. A method is one module::
+
+    @dataclasses.dataclass
+    class MyConfig(TaskConfig):
+        width: int = option(16, "hidden units", min=1)
+
+    @register_task("mine")
+    class MyTask(Task):
+        Config = MyConfig
+
+        def build_model(self): ...           # a keras.Model with train_step/test_step
+        def build_loss(self): ...
+        def train_dataset(self, batch_size, start_step=0): ...
+        def validation_metrics(self, model): ...
+
+``--method mine`` then works in ``experiments/train.py``, ``evaluate.py`` and
+``infer.py``, with ``--width`` as a flag (``tests/tasks/test_registry.py``
+builds and trains such a task).
+"""
+
+import dataclasses
+import os
+
+from mll_tf.registry import Registry
+from mll_tf.training.config import RunConfig, coerce_fields, validate_fields
+
+__all__ = ["TASKS", "OwnLossSteps", "Predictor", "Task", "TaskConfig", "register_task", "EXTRACT_HINT"]
+
+TASKS = Registry("task", flag="--method")
+
+#: The command that makes a missing feature store (completed with --out-dir).
+EXTRACT_HINT = ("python extract/build_tfrecords.py --dataset {dataset} --backbone {backbone} "
+                "--input-size {input_size}")
+
+
+def register_task(name):
+    """Class decorator: register a :class:`Task` subclass as ``--method name``.
+
+    Sets ``cls.name = name``.
+
+    Raises:
+        ValueError: ``name`` is taken by another class.
+    """
+    def deco(cls):
+        cls.name = name
+        return TASKS.register(name)(cls)
+    return deco
+
+
+@dataclasses.dataclass
+class TaskConfig:
+    """Base of a method's own options (the ``task:`` section of ``config.yaml``)."""
+
+    def __post_init__(self):
+        coerce_fields(self)
+
+
+class OwnLossSteps:
+    """Mixin of the task models whose ``train_step`` computes the method's loss itself.
+
+    ``compile(loss=...)`` keeps the loss object as ``model.loss`` for the
+    step (a LESA loss takes the model's dict of outputs, a partial-label loss
+    is normalised by global counts) instead of Keras' compiled-loss wrapper,
+    which expects one loss per model output.
+    """
+
+    def compile(self, optimizer="rmsprop", loss=None, **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        self.loss = loss
+
+    def get_compile_config(self):
+        # Saved models are loaded for inference; their task recompiles them for training.
+        return None
+
+    def compile_from_config(self, config):
+        pass
+
+
+def _normalise_monitor(name):
+    """Old spellings (``val/seen/F1@5``) -> Keras log keys (``val_seen_F1@5``)."""
+    if name.startswith("val/"):
+        return "val_" + name[len("val/"):].replace("/", "_")
+    return name
+
+
+class Task:
+    """A training method.
+
+    Attributes (class level):
+        name: str, the ``--method`` it is registered as.
+        Config: its :class:`TaskConfig` dataclass.
+        supports_features: bool, trains on a feature store.
+        supports_finetune: bool, trains end to end on images (``--finetune``).
+        max_replicas: int or None, the most ``tf.distribute`` replicas its
+            ``train_step`` supports (None: any).
+        default_monitor: str, the log key that selects ``best.keras`` unless
+            ``--monitor`` says otherwise.
+        evaluate_options: names of ``evaluation/evaluate.py`` options this
+            task accepts besides ``--split``/``--model``/``--out``.
+
+    Args:
+        run: :class:`mll_tf.training.config.RunConfig` (its ``method`` is
+            set to this task's name).
+        config: the task's :attr:`Config` (default: its defaults).
+    """
+
+    name = None
+    Config = TaskConfig
+    supports_features = True
+    supports_finetune = False
+    max_replicas = None
+    default_monitor = "val_mAP"
+    evaluate_options = ()
+
+    def __init__(self, run=None, config=None):
+        self.run = run if run is not None else RunConfig()
+        self.run.method = self.name
+        self.config = config if config is not None else self.Config()
+        if not isinstance(self.config, self.Config):
+            raise TypeError(f"--method {self.name}: config must be a {self.Config.__name__}, "
+                            f"got {type(self.config).__name__}")
+
+    # --- configuration ---------------------------------------------------------------------
+    @property
+    def monitor(self):
+        """The log key that selects ``best.keras`` (``--monitor`` or the method's default)."""
+        return _normalise_monitor(self.run.monitor) if self.run.monitor else self.default_monitor
+
+    def check(self):
+        """Validate the configuration and the inputs; nothing is written.
+
+        Raises:
+            ValueError: a bad option (named).
+            MissingFeaturesError: a feature store is missing (with the command
+                that makes it).
+        """
+        self.run.validate()
+        validate_fields(self.config)
+        if self.run.finetune and not self.supports_finetune:
+            raise ValueError(f"--finetune: --method {self.name} trains on stored features only")
+        if not self.run.finetune and not self.supports_features:
+            raise ValueError(f"--method {self.name} trains end to end on images: pass --finetune")
+        if not self.run.finetune:
+            for split in ("train", "val", "test"):
+                self.read_manifest(split)
+
+    def describe(self):
+        """One line printed when training starts."""
+        return f"{self.run.dataset} ({'images' if self.run.finetune else 'stored features'})"
+
+    # --- data --------------------------------------------------------------------------------
+    def features_dir(self, split):
+        """The feature-store folder of ``split`` for this run."""
+        return self.run.features_dir(split)
+
+    def read_manifest(self, split):
+        """The :class:`~mll_tf.data.feature_store.Manifest` of ``split``.
+
+        Raises:
+            MissingFeaturesError: naming the folder and the extraction command.
+        """
+        from mll_tf.data.feature_store import MissingFeaturesError, read_manifest
+
+        path = self.features_dir(split)
+        if not os.path.exists(os.path.join(path, "manifest.json")):
+            cmd = EXTRACT_HINT.format(dataset=self.run.dataset, backbone=self.run.backbone,
+                                      input_size=self.run.input_size)
+            raise MissingFeaturesError(f"no {split!r} features at {path}; make them with:\n    {cmd} "
+                                       f"--out-dir {self.run.features_root}")
+        return read_manifest(path)
+
+    def prepare(self, run_dir):
+        """Read what training needs and write the task's run files (before the model is built)."""
+
+    @property
+    def num_train_examples(self):
+        """Training examples per pass (set by :meth:`prepare`)."""
+        raise NotImplementedError
+
+    def train_dataset(self, batch_size, start_step=0):
+        """The infinite, batched training stream, started at ``start_step`` steps.
+
+        Returns:
+            ``tf.data.Dataset`` of the model's ``train_step`` inputs.
+        """
+        raise NotImplementedError
+
+    # --- model -------------------------------------------------------------------------------
+    def build_model(self):
+        """The built Keras model, with this method's ``train_step`` / ``test_step``.
+
+        Called inside the strategy's scope.
+        """
+        raise NotImplementedError
+
+    def build_loss(self):
+        """The method's loss (a ``keras.losses.Loss``), passed to ``compile``."""
+        raise NotImplementedError
+
+    def optimizer_variables(self, model):
+        """The variables the compiled optimizer updates (default: all trainable ones)."""
+        return model.trainable_variables
+
+    def on_model_built(self, model):
+        """Hook after compile, inside the strategy's scope (e.g. build extra optimizers)."""
+
+    def callbacks(self, run_dir):
+        """The method's own Keras callbacks (attention images, prior file, ...)."""
+        return []
+
+    def validation_metrics(self, model):
+        """Metrics on the validation split, ``{name: float}``, fractions in [0, 1]."""
+        raise NotImplementedError
+
+    def on_fit_end(self, model, run_dir):
+        """Hook after ``fit`` returns."""
+
+    # --- the loop ------------------------------------------------------------------------------
+    def fit(self, resume=False, verbose="auto"):
+        """Train with ``keras.Model.fit`` into ``run.run_dir`` (see :func:`~mll_tf.training.runner.fit_task`)."""
+        from mll_tf.training.runner import fit_task
+        return fit_task(self, resume=resume, verbose=verbose)
+
+    # --- after training --------------------------------------------------------------------------
+    def load_model(self, run_dir, which="best"):
+        """The saved model (``best`` or ``last``) of a run of this task.
+
+        Raises:
+            FileNotFoundError: naming the missing file.
+        """
+        import keras
+
+        import mll_tf.tasks  # noqa: F401  (registers the training models for deserialisation)
+
+        path = os.path.join(run_dir, f"{which}.keras")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no saved model {path} (--model {which})")
+        return keras.models.load_model(path, compile=False)
+
+    def evaluate(self, run_dir, split="test", which="best", out=None, **options):
+        """Evaluate a trained run; writes ``summary.json`` and ``per_class.csv``.
+
+        Returns:
+            (summary dict, printable report str).
+        """
+        raise NotImplementedError
+
+    def predictor(self, run_dir, which="best"):
+        """A :class:`Predictor` scoring new images with a trained run."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class Predictor:
+    """What ``evaluation/infer.py`` needs from a trained run.
+
+    Attributes:
+        label_names: list of C str, the score columns.
+        score: callable ``features float32 [n, R, D] -> float32 [n, C]``.
+        is_probability: bool, scores are probabilities in [0, 1] (else
+            unbounded logits, e.g. LESA's).
+        manifest: the training split's manifest (its extractor is rebuilt to
+            make features of new images).
+    """
+    label_names: list
+    score: object
+    is_probability: bool
+    manifest: object

@@ -1,0 +1,238 @@
+"""The one training loop: any :class:`mll_tf.tasks.base.Task`, trained by ``keras.Model.fit``.
+
+:func:`fit_task` is what ``experiments/train.py`` and ``Task.fit`` run:
+
+1. check the configuration and the inputs (nothing is written before);
+2. build the ``tf.distribute`` strategy (MirroredStrategy over all GPUs, or
+   ``--cpu-replicas`` logical CPUs, or one CPU);
+3. let the task prepare its run files (label split, simulated labels, ...);
+4. build and compile the task's model under the strategy (its own
+   ``train_step`` / ``test_step``; ``steps_per_execution``, XLA);
+5. with ``resume``, restore the newest backup *before* the input pipeline is
+   built, so that the pipeline starts at the saved step;
+6. ``model.fit`` with rounds of ``steps_per_round`` steps as epochs and the
+   callbacks of :mod:`mll_tf.training.callbacks`;
+7. write ``final_metrics.json``.
+
+Run directory::
+
+    config.yaml            the resolved configuration (load it with --config)
+    run_info.json          versions of Python/TF/Keras/NumPy, git commit, command
+    best.keras, last.keras the model selected by --monitor, and the last one
+    history.csv            one row per round (fractions, not percent)
+    final_metrics.json     the last round's metrics
+    tb/                    TensorBoard (train/, validation/, and task images)
+    backup/                the training state for --resume
+    ...                    the task's own files (label_split.json, prior.csv, ...)
+"""
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+from mll_tf.training.config import config_to_dict
+
+__all__ = ["fit_task", "run_info"]
+
+
+def _git_commit():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_info(config_source=None):
+    """Provenance of a run: versions, git commit of the code, command line, time.
+
+    Returns:
+        dict (JSON-serialisable).
+    """
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import mll_tf
+
+    return {
+        "mll_tf": mll_tf.__version__,
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "command": sys.argv,
+        "config_file": config_source,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _write_json(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _save_config(task, run_dir):
+    import yaml
+
+    path = os.path.join(run_dir, "config.yaml")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f"# mll_tf run configuration; `experiments/train.py --config {path}` re-runs it\n")
+        yaml.safe_dump(config_to_dict(task.run, task.config), f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def _verbose(verbose):
+    if verbose == "auto":
+        return 1 if sys.stdout.isatty() else 0
+    return int(verbose)
+
+
+def fit_task(task, *, resume=False, verbose="auto", config_source=None):
+    """Train ``task`` with ``keras.Model.fit``; returns the last round's metrics.
+
+    Args:
+        task: a :class:`mll_tf.tasks.base.Task` (its ``run.run_dir`` is set).
+        resume: bool, continue from the newest backup in ``<run_dir>/backup``
+            (from the saved step; a finished run trains nothing, a run given
+            more ``--epochs`` / ``--max-steps`` continues).
+        verbose: ``"auto"`` (a Keras progress bar on a terminal, one line per
+            round otherwise), 0, 1 or 2.
+        config_source: str or None, the config file the run came from
+            (recorded in ``run_info.json``).
+
+    Returns:
+        dict: log key -> float (``loss``, the loss terms, ``val_*`` fractions,
+        ``step``, ``learning_rate``, ``examples_per_sec``), also written to
+        ``final_metrics.json``.
+
+    Raises:
+        MissingFeaturesError, ValueError: bad configuration or inputs, before
+            anything is written.
+        NonFiniteLossError: the loss became NaN or infinite.
+    """
+    import keras
+
+    from mll_tf.optimizers import build_optimizer
+    from mll_tf.training import callbacks as cbs
+    from mll_tf.training.distribute import make_strategy
+    from mll_tf.training.schedules import build_lr_schedule
+
+    run = task.run
+    task.check()
+    run_dir = run.run_dir or run.default_run_dir()
+    run.run_dir = run_dir
+    strategy = make_strategy(run.cpu_replicas)
+    replicas = strategy.num_replicas_in_sync
+    if task.max_replicas is not None and replicas > task.max_replicas:
+        raise ValueError(f"--method {task.name} trains on at most {task.max_replicas} replica(s); "
+                         f"this machine gives {replicas} (drop --cpu-replicas)")
+    if run.batch_size % replicas:
+        raise ValueError(f"--batch-size {run.batch_size} must be divisible by the {replicas} replicas")
+
+    os.makedirs(run_dir, exist_ok=True)
+    backup_dir = os.path.join(run_dir, "backup")
+    state = cbs.RunBackup.read_state(backup_dir) if resume else None
+    if resume and state is None:
+        print(f"--resume: no backup in {backup_dir}; starting from scratch")
+    task.prepare(run_dir)
+    _save_config(task, run_dir)
+    _write_json(os.path.join(run_dir, "run_info.json"), run_info(config_source))
+
+    n = task.num_train_examples
+    steps_per_round = run.steps_per_round(n)
+    if steps_per_round < 1:
+        raise ValueError(f"the training split has {n} examples, fewer than --batch-size {run.batch_size}")
+    if steps_per_round % run.steps_per_execution:
+        raise ValueError(f"--steps-per-execution {run.steps_per_execution} must divide the round length "
+                         f"of {steps_per_round} steps (set --eval-every to a multiple of it)")
+    total_steps = run.total_steps(n)
+    num_rounds = run.num_rounds(n)
+    monitor = task.monitor
+
+    keras.utils.set_random_seed(run.seed)
+    with strategy.scope():
+        model = task.build_model()
+        optimizer = build_optimizer(run.optimizer, run.learning_rate, run.weight_decay)
+        model.compile(optimizer=optimizer, loss=task.build_loss(),
+                      steps_per_execution=run.steps_per_execution, jit_compile=run.jit_compile)
+        optimizer.build(task.optimizer_variables(model))
+        task.on_model_built(model)
+    print(f"{task.name}: {task.describe()}; {replicas} replica(s) "
+          f"({', '.join(strategy.extended.worker_devices)}); {num_rounds} rounds of {steps_per_round} "
+          f"steps of {run.batch_size}; monitor {monitor}")
+
+    round_control = cbs.RoundControl(steps_per_round, total_steps, 0, run.batch_size)
+    best = cbs.BestModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor)
+    stateful = {"best": best}
+    rule = build_lr_schedule(run)
+    adaptive = cbs.AdaptiveLearningRate(rule, monitor) if rule is not None else None
+    if adaptive is not None:
+        stateful["adaptive_lr"] = adaptive
+    task_callbacks = task.callbacks(run_dir)
+    for cb in task_callbacks:
+        if hasattr(cb, "state_dict"):
+            stateful[type(cb).__name__] = cb
+    backup = cbs.RunBackup(backup_dir, run.backup_every, stateful, round_control)
+
+    start_step = 0
+    if state is not None:
+        backup.restore(model, state)
+        start_step = int(state["step"])
+        if adaptive is not None:
+            adaptive.restore_learning_rate(model)
+        print(f"resumed from {state['weights']} (step {start_step}, {backup.rounds_done} rounds done)")
+    cbs.truncate_history(os.path.join(run_dir, "history.csv"), backup.rounds_done)
+    final_path = os.path.join(run_dir, "final_metrics.json")
+    if start_step >= total_steps:
+        print(f"all {total_steps} steps already done in {run_dir}; nothing to train")
+        if os.path.exists(final_path):
+            with open(final_path) as f:
+                return json.load(f)
+        return {}
+    round_control.step = round_control._round_start_step = start_step
+
+    tensorboard = cbs.TensorBoard(os.path.join(run_dir, "tb"), run.log_every, start_step)
+    verbose = _verbose(verbose)
+    callbacks = [round_control, cbs.TerminateOnNaN(round_control), cbs.ValidationMetrics(task, monitor)]
+    callbacks += task_callbacks
+    if adaptive is not None:
+        callbacks.append(adaptive)
+    callbacks += [best, keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "last.keras")),
+                  tensorboard, cbs.HistoryCSV(os.path.join(run_dir, "history.csv"))]
+    if verbose == 0:
+        callbacks.append(cbs.RoundLogger(num_rounds, best=best))
+    callbacks.append(backup)
+
+    dataset = task.train_dataset(run.batch_size, start_step=start_step)
+    try:
+        history = model.fit(dataset, epochs=num_rounds, steps_per_epoch=steps_per_round,
+                            initial_epoch=start_step // steps_per_round, callbacks=callbacks, shuffle=False,
+                            verbose=verbose)
+    except BaseException:
+        tensorboard.abort()
+        raise
+    metrics = {}
+    if history.history:
+        metrics = {k: float(v[-1]) for k, v in history.history.items()}
+    task.on_fit_end(model, run_dir)
+    if metrics:
+        _write_json(final_path, metrics)
+    elif os.path.exists(final_path):
+        with open(final_path) as f:
+            metrics = json.load(f)
+    return metrics

@@ -1,0 +1,110 @@
+"""The one loop's callbacks: rounds, mid-round resume, best checkpoint on ties, history rows."""
+
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from mll_tf.training.callbacks import BestModelCheckpoint, RunBackup, truncate_history
+from tests.helpers import toy_task, write_toy_store
+
+NAMES = ["cat", "dog", "car", "tree", "boat"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("features")
+    write_toy_store(root, names=NAMES)
+    return root
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAt(keras.callbacks.Callback):
+    """Raises after ``step`` training steps (a simulated kill: nothing after it runs)."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) >= self.step:
+            raise Interrupt(f"killed at step {self.step}")
+
+
+def _final_weights(run_dir):
+    return keras.models.load_model(os.path.join(run_dir, "last.keras")).get_weights()
+
+
+def test_interrupted_mid_round_resumes_at_the_saved_step(store, tmp_path):
+    """A run killed in the middle of round 2 resumes from its last backup (step 15 of 24, not 12)
+    and ends with the weights of an uninterrupted run: the input stream restarts at the saved
+    step, the optimizer state and the running prior come back with the model."""
+    kw = dict(epochs=2, backup_every=5, partial_labels="rps:0.5")
+    straight = toy_task(store, tmp_path, "ignore", run_name="straight", **kw)
+    straight.fit(verbose=0)
+
+    broken = toy_task(store, tmp_path, "ignore", run_name="broken", **kw)
+    own = broken.callbacks
+    broken.callbacks = lambda run_dir: own(run_dir) + [InterruptAt(17)]
+    with pytest.raises(Interrupt):
+        broken.fit(verbose=0)
+    run_dir = str(tmp_path / "broken")
+    state = RunBackup.read_state(os.path.join(run_dir, "backup"))
+    assert state["step"] == 15 and state["rounds_done"] == 1   # mid-round, not the round start (12)
+    assert [r["epoch"] for r in csv.DictReader(open(os.path.join(run_dir, "history.csv")))] == ["1"]
+
+    resumed = toy_task(store, tmp_path, "ignore", run_name="broken", **kw)
+    resumed.fit(resume=True, verbose=0)
+    rows = list(csv.DictReader(open(os.path.join(run_dir, "history.csv"))))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[-1]["step"] == "24"
+    for a, b in zip(_final_weights(str(tmp_path / "straight")), _final_weights(run_dir)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    prior_a = open(tmp_path / "straight" / "prior.csv").read()
+    prior_b = open(os.path.join(run_dir, "prior.csv")).read()
+    assert prior_a.splitlines()[0] == prior_b.splitlines()[0]
+    np.testing.assert_allclose([float(r.split(",")[1]) for r in prior_a.splitlines()[1:]],
+                               [float(r.split(",")[1]) for r in prior_b.splitlines()[1:]], rtol=1e-5)
+
+
+def test_max_steps_ends_with_a_short_round_and_a_finished_run_trains_nothing(store, tmp_path):
+    task = toy_task(store, tmp_path, "logistic", max_steps=30, eval_every=12)
+    m = task.fit(verbose=0)
+    rows = list(csv.DictReader(open(tmp_path / "logistic" / "history.csv")))
+    assert [r["step"] for r in rows] == ["12", "24", "30"]    # rounds of 12 steps up to 30
+    again = toy_task(store, tmp_path, "logistic", max_steps=30, eval_every=12)
+    assert again.fit(resume=True, verbose=0) == m            # nothing left to train
+    assert len(list(csv.DictReader(open(tmp_path / "logistic" / "history.csv")))) == 3
+
+
+def test_steps_per_execution_must_divide_the_round(store, tmp_path):
+    task = toy_task(store, tmp_path, "ignore", steps_per_execution=5)
+    with pytest.raises(ValueError, match="--steps-per-execution 5 must divide"):
+        task.fit(verbose=0)
+    ok = toy_task(store, tmp_path, "ignore", run_name="spe", steps_per_execution=4, epochs=2)
+    m = ok.fit(verbose=0)
+    assert m["step"] == 24
+
+
+def test_best_checkpoint_keeps_ties_and_its_state(tmp_path):
+    best = BestModelCheckpoint(str(tmp_path / "best.keras"), "val_x")
+    assert best._is_improvement(0.5, None) and best._is_improvement(0.5, 0.5)   # ">=" as the reference
+    assert not best._is_improvement(0.4, 0.5)
+    best.best = 0.75
+    again = BestModelCheckpoint(str(tmp_path / "best.keras"), "val_x")
+    again.load_state_dict(json.loads(json.dumps(best.state_dict())))
+    assert again.best == 0.75
+
+
+def test_truncate_history_keeps_completed_rounds(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss\n1,0.5\n2,0.4\n3,0.3\n")
+    truncate_history(str(path), 2)
+    assert path.read_text().splitlines() == ["epoch,loss", "1,0.5", "2,0.4"]
+    truncate_history(str(path), 0)
+    assert path.read_text() == ""
