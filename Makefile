@@ -23,7 +23,7 @@ apt:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	else echo "apt: $(APT_PACKAGES) already installed"; fi
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
@@ -52,6 +52,7 @@ benchmarks: install
 	$(PY) benchmarks/bench_lesa.py
 	$(PY) benchmarks/bench_extraction.py
 	$(PY) benchmarks/bench_imcl.py
+	$(PY) benchmarks/bench_trainer.py
 	$(PY) benchmarks/bench_scale.py
 
 extract-fmnist: install

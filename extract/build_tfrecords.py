@@ -1,148 +1,15 @@
 #!/usr/bin/env python
-"""Extract backbone feature maps of a dataset into ZLIB TFRecords.
+"""Extract backbone feature maps into ZLIB TFRecords: ``python extract/build_tfrecords.py --dataset openclipart``.
 
-    python extract/build_tfrecords.py --dataset openclipart --backbone efficientnet_lite0
-
-writes ``<out-dir>/<dataset>/<backbone>_<size>/<split>/`` with ZLIB shards and a
-``manifest.json`` per split (schema: ``mll_tf/data/schema.py``). Re-running the
-same command after an interruption resumes: complete shards are kept and only
-the missing images are processed.
+The tool lives in :mod:`mll_tf.cli.extract` (also installed as ``mll-extract``); ``--help`` lists its flags.
 """
 
-import argparse
-import functools
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="dataset adapter name (e.g. openclipart)")
-    p.add_argument("--backbone", default="efficientnet_lite0", help="backbone name (default: %(default)s)")
-    p.add_argument("--weights", default="imagenet",
-                   help="'imagenet' (the pretrained weights the backbone ships with), 'none', or a weights file")
-    p.add_argument("--input-size", type=int, default=224, help="square input size in pixels (default: %(default)s)")
-    p.add_argument("--data-root", default=None, help="dataset root folder (default: the adapter's)")
-    p.add_argument("--out-dir", default="data/features", help="feature store root (default: %(default)s)")
-    p.add_argument("--splits", default=None, help="comma-separated splits (default: all of the adapter's)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="image-decoding processes (0: decode inline)")
-    p.add_argument("--feature-dtype", choices=["float16", "float32"], default="float16")
-    p.add_argument("--compression-level", type=int, default=1, help="ZLIB level 0-9 (default: %(default)s)")
-    p.add_argument("--max-shard-mb", type=float, default=64.0, help="uncompressed bytes per shard, MiB")
-    p.add_argument("--min-count", type=int, default=None, help="openclipart: min train images per tag")
-    p.add_argument("--dataset-options", default="",
-                   help="adapter options KEY=VALUE,... (e.g. fashion_mnist_grid: num_train=8000,seed=0)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split (smoke tests)")
-    p.add_argument("--overwrite", action="store_true", help="discard an existing store for these splits")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def store_dir(out_dir, dataset, backbone, input_size):
-    """Folder of one dataset's features: ``<out>/<dataset>/<backbone>_<size>``."""
-    return os.path.join(out_dir, dataset.replace(":", "_").replace("/", "_"), f"{backbone}_{input_size}")
-
-
-def report_attributes(prepared, out_dir):
-    """Attribute tables: print the class distribution per attribute (and the oversampling
-    before/after), and save it as ``class_distribution_<split>.csv`` / ``.png`` in ``out_dir``."""
-    from mll_tf.data.datasets.attributes_csv import (class_distribution, format_distribution,
-                                                     plot_class_distribution)
-
-    os.makedirs(out_dir, exist_ok=True)
-    for split in prepared.splits:
-        df = class_distribution(prepared, split)
-        print(f"class distribution per attribute, {split} split:\n{format_distribution(df)}")
-        df.to_csv(os.path.join(out_dir, f"class_distribution_{split}.csv"), index=False)
-        plot_class_distribution(df, os.path.join(out_dir, f"class_distribution_{split}.png"),
-                                title=f"{prepared.name} {split}")
-    over = prepared.extra.get("oversampling")
-    if over:
-        print(f"oversampling (train, to {over['oversample_to']} per class, {over['copies']} copies added): "
-              f"{over['note']}")
-        for attr in over["before"]:
-            b, a = over["before"][attr], over["after"][attr]
-            print(f"  {attr}: unknown share {b['unknown_share']:.3f} -> {a['unknown_share']:.3f}; "
-                  + ", ".join(f"{c} {b['counts'][c]}->{a['counts'][c]}" for c in b["counts"]))
-    print(f"wrote class_distribution_<split>.csv/.png to {out_dir}")
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    from mll_tf.registry import get_dataset, parse_dataset_options
-    from mll_tf.backbones import build_backbone
-    from mll_tf.data.extraction import FeatureFunction, extract_records
-    from mll_tf.data.feature_store import FeatureStoreWriter, Manifest
-
-    adapter_cls = get_dataset(args.dataset)
-    try:
-        kwargs = parse_dataset_options(args.dataset_options)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
-    if args.data_root:
-        kwargs["root"] = args.data_root
-    if args.min_count is not None:
-        kwargs["min_count"] = args.min_count
-    prepared = adapter_cls(**kwargs).prepare()
-    splits = args.splits.split(",") if args.splits else list(prepared.splits)
-    for s in splits:
-        if s not in prepared.splits:
-            raise SystemExit(f"--splits: {args.dataset} has no split {s!r} (has {sorted(prepared.splits)})")
-
-    root = store_dir(args.out_dir, args.dataset, args.backbone, args.input_size)
-    if prepared.extra.get("attribute_groups"):
-        report_attributes(prepared, root)
-    weights = None if args.weights.lower() == "none" else args.weights
-    try:
-        backbone = build_backbone(args.backbone, weights=weights, input_size=args.input_size)
-    except RuntimeError as e:  # e.g. ImageNet weights that cannot be downloaded here
-        raise SystemExit(f"error: --backbone {args.backbone} --weights {args.weights}: {e}")
-    load_image = prepared.load_image
-    if backbone.resize_shorter and backbone.resize_shorter != args.input_size:
-        # e.g. VGG19 as LESA: shorter side to 256, central 224 crop (METHODS.md §1.1)
-        load_image = functools.partial(prepared.load_image, resize_shorter=backbone.resize_shorter)
-    h, w, d = backbone.feature_shape
-    feature_fn = FeatureFunction(backbone.model, args.batch_size)
-    print(f"{args.dataset}: {len(prepared.label_names)} labels; backbone {backbone.name} "
-          f"({backbone.weights}); feature map {h}x{w}x{d}; writing {root}")
-    for split in splits:
-        records = prepared.splits[split]
-        if args.limit:
-            records = records[:args.limit]
-        manifest = Manifest(
-            dataset=args.dataset, split=split, backbone=backbone.name, weights=backbone.weights,
-            input_size=[args.input_size, args.input_size],
-            preprocessing=f"{prepared.preprocessing}; backbone: {backbone.preprocessing}",
-            feature_shape=[h * w, d], feature_grid=[h, w], feature_dtype=args.feature_dtype,
-            label_names=list(prepared.label_names), extra_label_names={},
-            compression_level=args.compression_level,
-            extra=dict(prepared.extra, resize_shorter=backbone.resize_shorter or args.input_size))
-        split_dir = os.path.join(root, split)
-        with FeatureStoreWriter(split_dir, manifest, max_shard_bytes=int(args.max_shard_mb * 2**20),
-                                compression_level=args.compression_level,
-                                overwrite=args.overwrite) as writer:
-            for item in prepared.skipped.get(split, []):
-                if item["image_id"] not in writer.done_ids:
-                    writer.skip(item["image_id"], item["reason"])
-            stats = extract_records(records, load_image, args.input_size, feature_fn, writer,
-                                    num_workers=args.workers, progress=not args.no_progress, desc=split)
-        final = writer.manifest
-        written = stats.get("written", 0) + stats.get("skipped", 0)
-        rate = f"{stats.get('written', 0) / max(stats['seconds'], 1e-9):.1f} img/s" if written else \
-            "already complete, nothing to do"
-        print(f"[{split}] {final.num_examples} examples in {len(final.shards)} shards, "
-              f"{len(final.skipped)} skipped, {stats.get('already_done', 0)} done before this run; "
-              f"{rate} -> {split_dir}")
-        for item in final.skipped[:5]:
-            print(f"    skipped {item['image_id']}: {item['reason']}")
-        if len(final.skipped) > 5:
-            print(f"    ... {len(final.skipped) - 5} more in {split_dir}/manifest.json")
-    return 0
-
+from mll_tf.cli.extract import main, store_dir  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(main())

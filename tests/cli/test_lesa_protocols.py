@@ -30,7 +30,7 @@ def _extract(dataset, root, out, options=""):
 
 
 def _train(dataset, protocol, features, run, *extra):
-    return train.main(["--method", "lesa", "--dataset", dataset, "--protocol", protocol,
+    return train.main(["--method", "lesa", "--dataset", dataset, "--config", protocol,
                        "--features-root", str(features), "--input-size", "32", "--run-dir", str(run),
                        "--batch-size", "2", "--num-heads", "2", "--conv-channels", "8", "--no-progress", *extra])
 
@@ -46,13 +46,14 @@ def test_nus_wide_protocol(tmp_path, capsys):
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert (cfg["optimizer"], cfg["lr_schedule"], cfg["shuffle"], cfg["lr_patience"]) == \
         ("rmsprop_tf1", "adaptive", False, 5)
-    assert cfg["eval_k"] == [3, 5] and cfg["monitor"] == "val/seen/F1@5"
+    assert cfg["task"]["eval_k"] == [3, 5] and cfg["monitor"] == "val_seen_F1@5"
     split = json.loads((run / "label_split.json").read_text())
     assert split["unseen"] == NUS_CONCEPTS and split["seen"] == exp["seen"]
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert [r["step"] for r in rows] == ["2", "3"]  # rounds of eval_every steps up to max_steps
-    state = json.loads((run / "lr_schedule.json").read_text())
-    assert state["round"] == 2
+    backups = sorted((run / "backup").glob("step-*.json"))
+    state = json.loads(backups[-1].read_text())
+    assert state["step"] == 3 and state["rounds_done"] == 2 and state["callbacks"]["adaptive_lr"]["num_calls"] == 2
     # resuming a finished run trains nothing and keeps its state
     assert _train("nus_wide", "lesa_nus_wide", tmp_path / "f", run, "--max-steps", "3", "--eval-every", "2",
                   "--resume") == 0
@@ -71,7 +72,7 @@ def test_openimages_protocol(tmp_path, capsys):
     run = tmp_path / "run"
     assert _train("openimages", "lesa_openimages", tmp_path / "f", run, "--max-steps", "2", "--eval-every", "1") == 0
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["eval_k"] == [10, 20] and cfg["monitor"] == "val/seen/mAP" and cfg["lr_patience"] == 2
+    assert cfg["task"]["eval_k"] == [10, 20] and cfg["monitor"] == "val_seen_mAP" and cfg["lr_patience"] == 2
     split = json.loads((run / "label_split.json").read_text())
     assert split["unseen"] == exp["unseen_eval"]  # only the evaluated unseen labels
     capsys.readouterr()

@@ -62,11 +62,14 @@ def test_train_resume_evaluate(features, tmp_path, capsys):
     for name in ("config.yaml", "label_split.json", "label_embeddings.npz", "best.keras", "last.keras"):
         assert (run / name).exists(), name
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(run / "tb"))
-    events.Reload()
-    tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
-    assert {"train/ranking", "train/span", "val/seen/mAP", "val/seen/F1@5", "val/zsl/mAP"} <= tags
-    assert "attention/0" in tags  # attention maps of validation images (issue 3 item 5)
+    tags = {}
+    for sub in ("train", "validation"):
+        events = EventAccumulator(str(run / "tb" / sub))
+        events.Reload()
+        tags[sub] = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
+    assert {"epoch_ranking", "epoch_span", "epoch_loss", "epoch_learning_rate"} <= tags["train"]
+    assert {"epoch_seen_mAP", "epoch_seen_F1@5", "epoch_zsl_mAP"} <= tags["validation"]
+    assert "attention/0" in tags["validation"]  # attention maps of validation images
     assert train.main(_train_argv(features, run, 2) + ["--resume"]) == 0
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]          # resumed at epoch 2, not from scratch
@@ -103,5 +106,5 @@ def test_train_on_two_cpu_replicas_in_a_fresh_process(features, tmp_path):
         [sys.executable, os.path.join(repo, "experiments", "train.py")] + _train_argv(features, run, 1)
         + ["--cpu-replicas", "2"], capture_output=True, text=True, cwd=repo, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "replicas: 2" in proc.stdout
+    assert "2 replica(s)" in proc.stdout
     assert (run / "best.keras").exists()

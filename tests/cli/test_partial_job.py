@@ -103,13 +103,13 @@ def test_finetune_end_to_end_on_images(job, capsys):
     """--finetune: backbone + head trained on augmented images, then evaluated on the test images."""
     run = job / "finetune"
     opts = f"num_train=48,num_val=16,num_test=16,cache_dir={job / 'grids'}"
-    assert train.main(["--method", "negative", "--dataset", "fashion_mnist_grid", "--finetune", "true",
+    assert train.main(["--method", "negative", "--dataset", "fashion_mnist_grid", "--finetune",
                        "--data-root", str(job / "idx"), "--dataset-options", opts, "--input-size", "64",
                        "--run-dir", str(run), "--epochs", "1", "--batch-size", "8", "--learning-rate", "1e-4",
                        "--partial-labels", "rps:0.5", "--no-progress"]) == 0
-    assert (run / "best.weights.h5").exists() and (run / "prior.csv").exists()
+    assert (run / "best.keras").exists() and (run / "prior.csv").exists()
     hist = list(csv.DictReader(open(run / "history.csv")))
-    assert len(hist) == 1 and float(hist[0]["train/loss"]) > 0
+    assert len(hist) == 1 and float(hist[0]["loss"]) > 0
     capsys.readouterr()
     assert evaluate.main(["--run", str(run)]) == 0
     summary = json.loads((run / "eval_test" / "summary.json").read_text())["results"]
@@ -117,8 +117,8 @@ def test_finetune_end_to_end_on_images(job, capsys):
 
 
 def test_imcl_and_logistic_through_the_cli(job, capsys):
-    for method in ("logistic", "imcl"):
-        run = _train(job, method, "--imcl-dict-size", "16", "--imcl-k", "2")
+    for method, extra in (("logistic", ()), ("imcl", ("--imcl-dict-size", "16", "--imcl-k", "2"))):
+        run = _train(job, method, *extra)
         assert (run / "best.keras").exists()
         capsys.readouterr()
         assert evaluate.main(["--run", str(run)]) == 0
@@ -129,13 +129,13 @@ def test_imcl_finetune_end_to_end(job, capsys):
     """IMCL end to end: backbone + classifier + G on images, dictionary refreshed during training."""
     run = job / "imcl_ft"
     opts = f"num_train=48,num_val=16,num_test=16,cache_dir={job / 'grids'}"
-    assert train.main(["--method", "imcl", "--dataset", "fashion_mnist_grid", "--finetune", "true",
+    assert train.main(["--method", "imcl", "--dataset", "fashion_mnist_grid", "--finetune",
                        "--data-root", str(job / "idx"), "--dataset-options", opts, "--input-size", "64",
                        "--run-dir", str(run), "--epochs", "1", "--batch-size", "8", "--imcl-dict-size", "16",
                        "--imcl-dict-refresh-steps", "3", "--partial-labels", "rps:0.5", "--no-progress"]) == 0
-    assert (run / "best.weights.h5").exists()
+    assert (run / "best.keras").exists()
     # an interrupted run continues from its last round
-    assert train.main(["--method", "imcl", "--dataset", "fashion_mnist_grid", "--finetune", "true",
+    assert train.main(["--method", "imcl", "--dataset", "fashion_mnist_grid", "--finetune",
                        "--data-root", str(job / "idx"), "--dataset-options", opts, "--input-size", "64",
                        "--run-dir", str(run), "--epochs", "2", "--batch-size", "8", "--imcl-dict-size", "16",
                        "--imcl-dict-refresh-steps", "3", "--partial-labels", "rps:0.5", "--no-progress",
