@@ -7,7 +7,7 @@ feature dimension D = 2,048 (random data; a random sparse label graph with
 
 Rows:
 
-* ``logistic``: :func:`mll_tf.models.imcl.make_logistic_train_step`;
+* ``logistic``: :func:`mll_tf.tasks.imcl.make_logistic_train_step`;
 * ``imcl exact``: :func:`make_imcl_train_step` with ``dict_refresh_every=1``
   (the reference: the dictionary predictions sigma_c(F_dict Theta) G are
   recomputed every step, N*D*C + N*C*C multiply-adds);
@@ -53,9 +53,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from mll_tf.losses.imcl_loss import IMCLLoss  # noqa: E402
-from mll_tf.models.imcl import (IMCLDictionary, IMCLModel,  # noqa: E402
-                                make_imcl_train_step,
-                                make_logistic_train_step)
+from mll_tf.models.imcl import IMCLDictionary, IMCLModel  # noqa: E402
+from mll_tf.tasks.imcl import make_imcl_train_step, make_logistic_train_step  # noqa: E402
 from mll_tf.ops.omp import batched_omp  # noqa: E402
 
 BATCH, N, C, D = 32, 10_000, 1_000, 2_048

@@ -25,7 +25,7 @@ the library is unchanged):
 * ``xla-dense``: XLA with the ranking loss's dense [B, C, C] path instead of
   the sorted one (``ranking_loss(method="dense")``);
 * ``trainer`` / ``trainer-xla``: the library's
-  ``mll_tf.training.lesa_trainer.make_train_step`` (one-replica
+  ``TrainableLESA.train_step`` (the step ``keras.Model.fit`` runs; one-replica
   MirroredStrategy, as ``experiments/train.py`` runs), without / with
   ``jit_compile``.
 
@@ -152,15 +152,23 @@ def _step_fns(model, optimizer, loss_fn, mode):
 
 
 def _trainer_step(shape, jit):
-    """The library's distributed train step on a one-replica MirroredStrategy."""
-    from mll_tf.training.lesa_trainer import make_train_step
+    """The library's train step (``TrainableLESA.train_step``, what ``fit`` runs) on one replica."""
+    from mll_tf.tasks.lesa import TrainableLESA
+    from mll_tf.training.distribute import distributed_train_step
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    model, optimizer, x, y, _ = _make(shape, strategy=strategy)
-    step = make_train_step(strategy, model, optimizer, LESALoss(), BATCH, jit_compile=jit)
+    plain, _, x, y, _ = _make(shape, strategy=strategy)
+    with strategy.scope():
+        model = TrainableLESA.from_config(plain.get_config())
+        model(x[:1])
+        model.set_weights(plain.get_weights())
+        model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=1e-3, rho=0.9, momentum=0.9,
+                                                         epsilon=1.0), loss=LESALoss())
+        model.optimizer.build(model.trainable_variables)
+    step = distributed_train_step(strategy, model, jit_compile=jit)
     batch = next(iter(strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensors((x, y)))))
-    return lambda: step(batch)["total"]
+    return lambda: step(batch)["loss"]
 
 
 def _block(fn, steps):

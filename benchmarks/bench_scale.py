@@ -26,8 +26,8 @@ at every 10% of the loop (flat = bounded memory):
            at two image counts, to show its memory does not depend on N.
   read     one full pass of make_dataset(batch 32, shuffle=True,
            shuffle_buffer=2048, cache=False) over the N records.
-  train    --steps LESA train steps (mll_tf.training.lesa_trainer
-           make_train_step, one-replica MirroredStrategy as the trainer, batch
+  train    --steps LESA train steps (TrainableLESA.train_step, the step fit
+           runs, on a one-replica MirroredStrategy as the trainer, batch
            32, the first 925 label columns gathered as column_dataset does,
            random 300-d word vectors, RMSprop 1e-3/0.9/0.9/1.0) streaming from
            the store; baseline: the same step on one in-memory batch, timed
@@ -335,9 +335,8 @@ def phase_train(args):
 
     from mll_tf.data.feature_store import read_manifest
     from mll_tf.losses.lesa_loss import LESALoss
-    from mll_tf.models.lesa import LESA
-    from mll_tf.training.distribute import make_strategy
-    from mll_tf.training.lesa_trainer import column_dataset, make_train_step
+    from mll_tf.tasks.lesa import TrainableLESA, column_dataset
+    from mll_tf.training.distribute import distributed_train_step, make_strategy
 
     split_dir = _store_dir(args)
     n = read_manifest(split_dir).num_examples
@@ -345,12 +344,12 @@ def phase_train(args):
     vecs = np.random.default_rng(1).normal(size=(SEEN, EMBED_DIM)).astype(np.float32)
     strategy = make_strategy(1)
     with strategy.scope():
-        model = LESA(label_embeddings=vecs, num_heads=10, conv_channels=D, grid_size=GRID)
+        model = TrainableLESA(label_embeddings=vecs, num_heads=10, conv_channels=D, grid_size=GRID)
         model(tf.zeros([1, R, D]), training=False)
-        optimizer = keras.optimizers.RMSprop(1e-3, rho=0.9, momentum=0.9, epsilon=1.0)
-        optimizer.build(model.trainable_variables)
-    step = make_train_step(strategy, model, optimizer, LESALoss(), BATCH,
-                           jit_compile=args.jit)
+        model.compile(optimizer=keras.optimizers.RMSprop(1e-3, rho=0.9, momentum=0.9, epsilon=1.0),
+                      loss=LESALoss())
+        model.optimizer.build(model.trainable_variables)
+    step = distributed_train_step(strategy, model, jit_compile=args.jit)
     ds = column_dataset(split_dir, list(range(SEEN)), BATCH, shuffle=True,
                         shuffle_buffer=SHUFFLE_BUFFER, seed=0, cache=False, repeat=True,
                         drop_remainder=True)
@@ -360,12 +359,12 @@ def phase_train(args):
     # timed before and after the streaming loop; the faster block is kept.
     fixed = next(it)
     for _ in range(args.warmup):
-        float(step(fixed)["total"])
+        float(step(fixed)["loss"])
 
     def in_memory():
         t0 = time.perf_counter()
         for _ in range(args.baseline_steps):
-            loss = step(fixed)["total"]
+            loss = step(fixed)["loss"]
         float(loss)
         return args.baseline_steps * BATCH / (time.perf_counter() - t0)
 
@@ -376,7 +375,7 @@ def phase_train(args):
     sampler = _Sampler(args.steps)
     t0 = time.perf_counter()
     for i in range(args.steps):
-        loss = step(next(it))["total"]
+        loss = step(next(it))["loss"]
         if (i + 1) % max(1, args.steps // 10) == 0:
             float(loss)  # keep the host loop from running far ahead of the device
         sampler(i + 1)

@@ -49,20 +49,15 @@ def parse_args(argv=None):
 
 def _rate(run_dir):
     rows = list(csv.DictReader(open(os.path.join(run_dir, "history.csv"))))
-    return sum(float(r["train/examples_per_sec"]) for r in rows) / len(rows)
+    return sum(float(r["examples_per_sec"]) for r in rows) / len(rows)
 
 
 def main(argv=None):
     args = parse_args(argv)
     import numpy as np
-    import keras
-    import mll_tf.models.heads  # noqa: F401
-    import mll_tf.models.imcl  # noqa: F401
-    from mll_tf.data.feature_store import make_dataset
     from mll_tf.metrics.report import partial_label_report
-    from mll_tf.training.config import TrainConfig
-    from mll_tf.training.imcl_trainer import train_imcl
-    from mll_tf.training.multilabel_trainer import predict, train_multilabel
+    from mll_tf.tasks import build_task
+    from mll_tf.tasks.multilabel import predict_logits
 
     seeds = [int(s) for s in args.seeds.split(",")]
     results, rates, t0 = {}, {}, time.perf_counter()
@@ -73,40 +68,39 @@ def main(argv=None):
             common = dict(dataset=dataset, features_root=args.features_root, partial_labels=sim, seed=seed,
                           learning_rate=args.learning_rate, cache=True)
             runs = {
-                "logistic": TrainConfig(method="logistic", run_dir=os.path.join(base, "logistic"),
-                                        epochs=args.epochs, **common),
-                "logistic 2x": TrainConfig(method="logistic", run_dir=os.path.join(base, "logistic2x"),
-                                           epochs=2 * args.epochs, **common),
-                "imcl": TrainConfig(method="imcl", run_dir=os.path.join(base, "imcl"), epochs=args.epochs,
-                                    imcl_init_from=os.path.join(base, "logistic"), imcl_k=args.k,
-                                    imcl_alpha_colab=args.alpha_colab, imcl_alpha_feature=args.alpha_feature,
-                                    **common),
+                "logistic": build_task(dict(method="logistic", run_dir=os.path.join(base, "logistic"),
+                                            epochs=args.epochs, **common)),
+                "logistic 2x": build_task(dict(method="logistic", run_dir=os.path.join(base, "logistic2x"),
+                                               epochs=2 * args.epochs, **common)),
+                "imcl": build_task(dict(method="imcl", run_dir=os.path.join(base, "imcl"), epochs=args.epochs,
+                                        **common),
+                                   task=dict(imcl_init_from=os.path.join(base, "logistic"), imcl_k=args.k,
+                                             imcl_alpha_colab=args.alpha_colab,
+                                             imcl_alpha_feature=args.alpha_feature)),
             }
-            for name, cfg in runs.items():
-                if not os.path.exists(os.path.join(cfg.run_dir, "final_metrics.json")):
-                    if cfg.method == "imcl":
-                        train_imcl(cfg, resume=True, progress=False)
-                    else:
-                        train_multilabel(cfg, resume=True, progress=False)
-                model = keras.models.load_model(os.path.join(cfg.run_dir, "best.keras"))
-                scores, labels = predict(model, make_dataset(cfg.features_dir("test"), 256))
+            for name, task in runs.items():
+                run_dir = task.run.run_dir
+                if not os.path.exists(os.path.join(run_dir, "final_metrics.json")):
+                    task.fit(resume=True, verbose=0)
+                model = task.load_model(run_dir, "best")
+                scores, labels = predict_logits(model, task.eval_dataset("test"))
                 rep, _ = partial_label_report(scores, labels, 0.5)
                 results.setdefault(setting, {}).setdefault(name, []).append(rep["mAP_partial"])
-                rates.setdefault(setting, {}).setdefault(name, []).append(_rate(cfg.run_dir))
+                rates.setdefault(setting, {}).setdefault(name, []).append(_rate(run_dir))
                 print(f"[{time.perf_counter() - t0:6.0f} s] {setting} seed {seed} {name}: test mAP "
-                      f"{100 * rep['mAP_partial']:.2f} ({_rate(cfg.run_dir):.0f} ex/s)", flush=True)
+                      f"{rep['mAP_partial']:.4f} ({_rate(run_dir):.0f} ex/s)", flush=True)
     names = ["logistic", "logistic 2x", "imcl"]
     lines = ["| Setting | " + " | ".join(names) + " | IMCL / logistic cost per epoch |",
              "|---" * (len(names) + 2) + "|"]
     for setting in results:
         cells = []
         for n in names:
-            v = 100 * np.array(results[setting][n])
-            cells.append(f"{v.mean():.2f} ({v.min():.2f}–{v.max():.2f})")
+            v = np.array(results[setting][n])
+            cells.append(f"{v.mean():.4f} ({v.min():.4f}–{v.max():.4f})")
         ratio = np.mean(rates[setting]["logistic"]) / np.mean(rates[setting]["imcl"])
         lines.append(f"| {setting} | " + " | ".join(cells) + f" | {ratio:.1f}x |")
     table = "\n".join(lines)
-    print(f"\ntest mAP over annotated entries (percent), mean (min–max) over seeds {seeds}:\n{table}")
+    print(f"\ntest mAP over annotated entries (fraction in [0, 1]), mean (min–max) over seeds {seeds}:\n{table}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"args": vars(args), "test_mAP_partial": results, "examples_per_sec": rates}, f, indent=2)

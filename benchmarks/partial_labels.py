@@ -48,11 +48,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     import numpy as np
-    import keras
-    from mll_tf.data.feature_store import make_dataset
     from mll_tf.metrics.report import partial_label_report
-    from mll_tf.training.config import TrainConfig
-    from mll_tf.training.multilabel_trainer import predict, train_multilabel
+    from mll_tf.tasks import build_task
+    from mll_tf.tasks.multilabel import predict_logits
 
     sims = args.simulations.split(",")
     methods = args.methods.split(",")
@@ -64,32 +62,31 @@ def main(argv=None):
         for seed in seeds:
             for method in methods:
                 run_dir = os.path.join(args.out, f"{sim.replace(':', '')}_s{seed}", method)
-                cfg = TrainConfig(method=method, dataset=args.dataset, features_root=args.features_root,
-                                  run_dir=run_dir, partial_labels=sim, seed=seed, epochs=args.epochs,
-                                  learning_rate=args.learning_rate, cache=True)
+                task_options = {}
                 if method == "csl":
-                    cfg.prior_path = os.path.join(os.path.dirname(run_dir), "ignore", "prior.csv")
-                    cfg.prior_threshold = 0.5
-                    cfg.gamma_neg = 3.0 if sim.startswith("fpc") else 1.0
-                    cfg.gamma_unann = 4.0
-                    cfg.likelihood_topk = 1
+                    task_options = dict(prior_path=os.path.join(os.path.dirname(run_dir), "ignore", "prior.csv"),
+                                        prior_threshold=0.5, gamma_neg=3.0 if sim.startswith("fpc") else 1.0,
+                                        gamma_unann=4.0, likelihood_topk=1)
+                task = build_task(dict(method=method, dataset=args.dataset, features_root=args.features_root,
+                                       run_dir=run_dir, partial_labels=sim, seed=seed, epochs=args.epochs,
+                                       learning_rate=args.learning_rate, cache=True), task=task_options)
                 if not os.path.exists(os.path.join(run_dir, "final_metrics.json")):
-                    train_multilabel(cfg, resume=True, progress=False)
-                model = keras.models.load_model(os.path.join(run_dir, "best.keras"))
-                scores, labels = predict(model, make_dataset(cfg.features_dir("test"), 256))
+                    task.fit(resume=True, verbose=0)
+                model = task.load_model(run_dir, "best")
+                scores, labels = predict_logits(model, task.eval_dataset("test"))
                 rep, _ = partial_label_report(scores, labels, 0.5)
                 results.setdefault(sim, {}).setdefault(method, []).append(rep["mAP"])
                 print(f"[{time.perf_counter() - t0:6.0f} s] {sim} seed {seed} {method}: test mAP "
-                      f"{100 * rep['mAP']:.2f}", flush=True)
+                      f"{rep['mAP']:.4f}", flush=True)
     lines = ["| Simulation | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for sim in sims:
         cells = []
         for m in methods:
-            v = 100 * np.array(results[sim][m])
-            cells.append(f"{v.mean():.2f} ({v.min():.2f}–{v.max():.2f})")
+            v = np.array(results[sim][m])
+            cells.append(f"{v.mean():.4f} ({v.min():.4f}–{v.max():.4f})")
         lines.append(f"| {sim} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
-    print(f"\ntest mAP (percent), mean (min–max) over seeds {seeds}:\n{table}")
+    print(f"\ntest mAP (fraction in [0, 1]), mean (min–max) over seeds {seeds}:\n{table}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"dataset": args.dataset, "seeds": seeds, "epochs": args.epochs,
