@@ -47,8 +47,15 @@ def import_tensorflow_quietly():
     logging is set up. This runs the import and the first device query with
     file descriptor 2 redirected to a temporary file, then writes back every
     line except those known start-up messages (a real error still shows).
+
+    It also sets ``TF_CPP_MIN_LOG_LEVEL=3`` unless the environment sets it:
+    TensorFlow's C++ log then shows only fatal messages. Its ERROR level is
+    used for notes such as oneDNN's "supports DT_HALF only on platforms with
+    AVX-512 ... falling back" (printed when float16 features are converted);
+    real failures reach the tools as Python exceptions. Set
+    ``TF_CPP_MIN_LOG_LEVEL=0`` to see the whole log.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" in sys.modules:
         return
     sys.stderr.flush()

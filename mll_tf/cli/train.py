@@ -39,6 +39,7 @@ def build_flags():
     fs.define("progress", None, "a Keras progress bar (default: when stdout is a terminal); --noprogress "
               "prints one line per round instead", kind="bool")
     fs.section("run options (every method)")
+    fs.define("method", None, f"training method (default: {RunConfig().method})", choices=TASKS.names())
     fs.define_dataclass(RunConfig)
     for name, cls in TASKS.items():
         fs.section(f"--method {name} options")

@@ -136,11 +136,6 @@ def _optimizer_names():
     return optimizer_names()
 
 
-def _task_names():
-    from mll_tf.tasks import task_names
-    return task_names()
-
-
 def _dataset_names():
     from mll_tf.data.datasets import dataset_names
     return dataset_names() + ["tfds:<name>"]
@@ -159,7 +154,7 @@ class RunConfig:
     ``--batch-size`` or ``--batch_size``). Fractions are in [0, 1].
     """
     # --- what to train, on what
-    method: str = option("lesa", "training method", choices=_task_names)
+    method: str = option("lesa", "training method (a name in the mll_tf.tasks registry)")
     dataset: str = option("openclipart", "dataset adapter whose feature store (or images, with "
                           "--finetune) is trained on", listed=_dataset_names)
     dataset_options: str = option("", "adapter options KEY=VALUE,... (as for extract/build_tfrecords.py); "
