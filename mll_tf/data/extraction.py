@@ -64,6 +64,28 @@ class FeatureFunction:
         return fmap.reshape(n, -1, fmap.shape[-1])
 
 
+class _LineProgress:
+    """tqdm's ``update``/``close`` as one line per tenth of the work (for logs that are not terminals)."""
+
+    def __init__(self, total, initial, desc):
+        import time as _time
+
+        self.total, self.n, self.desc = max(int(total), 1), int(initial), desc
+        self.t0, self.n0, self._time = _time.perf_counter(), int(initial), _time
+        self.next = (self.n * 10 // self.total + 1) * self.total / 10
+
+    def update(self, k):
+        self.n += k
+        while self.n >= self.next and self.next <= self.total:
+            rate = (self.n - self.n0) / max(self._time.perf_counter() - self.t0, 1e-9)
+            print(f"{self.desc}: {self.n}/{self.total} images ({100 * self.n // self.total}%), "
+                  f"{rate:.1f} img/s", flush=True)
+            self.next += self.total / 10
+
+    def close(self):
+        pass
+
+
 def extract_records(records, load_image, size, feature_fn, writer, *, num_workers=2,
                     chunk_size=16, max_in_flight=8, progress=True, desc="extract"):
     """Extract and store the features of ``records``.
@@ -79,6 +101,9 @@ def extract_records(records, load_image, size, feature_fn, writer, *, num_worker
         chunk_size: int, images per decoding task.
         max_in_flight: int, decoding tasks queued at once (bounds memory to
             about ``max_in_flight * chunk_size`` decoded images).
+        progress: bool. A tqdm bar when stderr is a terminal; otherwise (CI
+            logs, ``nohup``) one plain line at every tenth of the split.
+        desc: str, the split's name in progress lines.
 
     Returns:
         dict with ``written``, ``skipped``, ``already_done`` (counts) and
@@ -91,8 +116,13 @@ def extract_records(records, load_image, size, feature_fn, writer, *, num_worker
     labels = {r.image_id: r for r in todo}
     stats = collections.Counter(already_done=len(records) - len(todo))
     t0 = time.perf_counter()
+    import sys
+
+    interactive = progress and sys.stderr.isatty()
     bar = tqdm(total=len(records), initial=stats["already_done"], desc=desc, unit="img",
-               disable=not progress, smoothing=0.1)
+               disable=not interactive, smoothing=0.1)
+    if progress and not interactive:
+        bar = _LineProgress(len(records), stats["already_done"], desc)
     batch_size = getattr(feature_fn, "batch_size", 32)
     pending_ids, pending_images = [], []
 
