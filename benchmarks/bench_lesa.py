@@ -6,11 +6,11 @@ batch 32 and 256 for two shapes:
 * ``clipart``: R=49 (7x7 EfficientNet-Lite0 grid), D=1280, conv_channels=512,
   d_w=50 (GloVe-50), C=60 seen labels;
 * ``nus``: the reference NUS-WIDE shape, R=196 (14x14 VGG19 conv5_4), D=512,
-  d_w=300, C=925 seen labels, 10 heads (METHODS.md §1.2).
+  d_w=300, C=925 seen labels, 10 heads (docs/lesa.md §2).
 
 A training step is forward + :class:`mll_tf.losses.lesa_loss.LESALoss` +
 gradients + ``keras.optimizers.RMSprop(rho=0.9, momentum=0.9, epsilon=1.0)``
-(METHODS.md §1.4). Each mode is warmed up (tracing/compilation excluded), then
+(docs/lesa.md §4). Each mode is warmed up (tracing/compilation excluded), then
 timed in ``--repeats`` blocks of ``--steps`` steps; the modes' blocks are
 interleaved (eager, tf.function, XLA, eager, ...) so that a load change on a
 shared machine hits all modes alike, and the best block of each mode is

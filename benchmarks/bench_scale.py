@@ -4,7 +4,7 @@
 Checks the claim "extraction and training stream from disk with bounded
 memory; the reader never holds a split in RAM unless --cache is asked for" on
 generated data of NUS-WIDE's shapes (VGG19 conv5_4 maps 14x14x512 = 196x512
-float16, 1006 labels = 81 concepts + 925 tags; METHODS.md §1.2, §1.5).
+float16, 1006 labels = 81 concepts + 925 tags; docs/lesa.md §1, §5).
 
 Each phase runs in its own subprocess (this script with ``--phase``) and
 reports that process's peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``, KiB on

@@ -12,7 +12,7 @@ parse-then-batch on the uncompressed and ZLIB-1 stores to compare with the
 batch-then-parse pipeline. Numbers are noisy on a shared 2-core machine.
 
 Default shapes: the clip-art backbone map 49 x 1280 and NUS-WIDE's VGG19
-conv5_4 map 196 x 512 (OFFLINE_DATA.md §3, METHODS.md §1.5).
+conv5_4 map 196 x 512 (docs/lesa.md §1).
 
 Usage:
     python benchmarks/bench_tfrecord.py

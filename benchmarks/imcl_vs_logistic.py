@@ -12,7 +12,7 @@ clip-art tags, which are naturally incomplete, as they are) and seed:
   unknown labels weight 0, loss divided by the number of observed entries),
   ``--epochs`` epochs;
 * ``imcl``: IMCL started from that logistic classifier, as the reference starts
-  from a trained classifier (METHODS.md §2.1), trained ``--epochs`` more
+  from a trained classifier (docs/imcl.md §4), trained ``--epochs`` more
   epochs with lambda_c, lambda_f calibrated from the loss ratios;
 * ``logistic 2x``: the logistic baseline trained for twice the epochs, so that
   IMCL is compared with a baseline that had as many updates.

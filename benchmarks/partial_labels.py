@@ -10,7 +10,7 @@ on the stored features of ``fashion_mnist_grid`` (complete ground truth, so
 the test mAP measures what the hidden labels cost):
 
 * ``ignore``: BCE on annotated entries only; its ``prior.csv`` (running mean
-  of the sigmoid outputs) is the class prior CSL needs (METHODS.md §3.2);
+  of the sigmoid outputs) is the class prior CSL needs (docs/partial_labels.md §1);
 * ``negative``: BCE with un-annotated entries as negatives;
 * ``asl``: asymmetric loss (gamma- 4, clip 0.05), un-annotated as negatives;
 * ``csl``: the selective loss with that prior (prior threshold 0.5 and

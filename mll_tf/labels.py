@@ -12,7 +12,7 @@ value   meaning
 
 Labels are ``int8`` arrays of shape ``[N, C]`` (or ``[C]``). References that
 use another convention are converted at the edges with the functions below
-(METHODS.md §6.2):
+(docs/labels_and_data.md §1):
 
 * LESA / IMCL (OpenImages, CUB): ``+1`` present, ``-1`` absent, ``0`` unknown.
 * CSL: same as mll_tf. DOR-ML: any negative value is unknown.
@@ -38,7 +38,7 @@ def from_pm1(y):
     Raises:
         ValueError: if ``y`` holds a value outside {+1, -1, 0}.
 
-    Source: METHODS.md §6.2.
+    Source: docs/labels_and_data.md §1.
     """
     y = np.asarray(y)
     r = np.rint(y).astype(np.int64)
@@ -60,7 +60,7 @@ def to_pm1(y):
     Raises:
         ValueError: if ``y`` holds a value outside {1, 0, -1}.
 
-    Source: METHODS.md §6.2.
+    Source: docs/labels_and_data.md §1.
     """
     y = np.asarray(y)
     if not np.all(np.isin(y, (-1, 0, 1))):

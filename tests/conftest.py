@@ -1,8 +1,7 @@
 """Test configuration.
 
 The CPU is split into 2 logical devices at import time, before TensorFlow
-initialises its devices, so MirroredStrategy code paths run without a GPU
-(OFFLINE_DATA.md §2).
+initialises its devices, so MirroredStrategy code paths run without a GPU.
 """
 import os
 

@@ -1,7 +1,7 @@
 """Keras Applications backbones: VGG19 ``block5_conv4`` and ResNet101 pool5.
 
 These are the feature extractors of the reference methods, rebuilt from
-``keras.applications`` (METHODS.md §1.1 and §2.1):
+``keras.applications`` (docs/lesa.md §1 and docs/imcl.md §1):
 
 * ``vgg19``: LESA's frozen VGG19 ``conv5_4`` map (after ReLU), 14x14x512 at
   224x224. Keras layer ``block5_conv4``.
@@ -19,7 +19,7 @@ Weights (``weights`` argument):
 * ``"imagenet"``: the Keras ImageNet file, fetched by ``keras.utils.get_file``
   into the Keras cache (``~/.keras/models`` or ``$KERAS_HOME/models``); a file
   already there is used without the network. When the download fails (no
-  internet, OFFLINE_DATA.md §5.1) :class:`WeightsUnavailableError` names the
+  internet) :class:`WeightsUnavailableError` names the
   file and its URL.
 * a path: a local weight file, loaded by the Keras application itself
   (``keras.applications.VGG19(weights=PATH)``): the legacy ``.h5`` file Keras
@@ -244,7 +244,7 @@ def resnet101_backbone(weights="imagenet", input_size=(224, 224)):
     Keras' ``ResNet101`` is the port of the original MSRA Caffe ResNet-101
     ("v1": stride 2 on the first 1x1 conv of a stage, biased convolutions,
     caffe BGR preprocessing). IMCL used slim ``resnet_v1_101`` (its
-    ``oidv2-resnet_v1_101`` OpenImages checkpoint; METHODS.md §2.1), whose
+    ``oidv2-resnet_v1_101`` OpenImages checkpoint; docs/imcl.md §1), whose
     stride sits on the 3x3 conv and which takes RGB minus the means, so these
     ImageNet features are a stand-in, not IMCL's features.
 

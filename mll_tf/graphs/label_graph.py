@@ -5,7 +5,8 @@ Builders (NumPy, float64 unless stated):
 * :func:`cooccurrence_graph` counts M_ij = #images where labels i and j are
   both present (diagonal = count_i);
 * :func:`conditional_probability` turns M into ML-GCN's adjacency
-  P(j|i) = M_ij / count_i with a zero diagonal (METHODS.md §4.4);
+  P(j|i) = M_ij / count_i with a zero diagonal (as deep-object-reid's
+  ``gan_tools/adj_matrieses/adj_matrix_*.npy``);
 * :func:`word_vector_knn_graph` links each label to its k nearest labels by
   word-vector cosine (in the spirit of IMCL's COCO graph
   ``graph_label_wiki_MSCOCO_k_5``, which used k = 5 Wikipedia relations);
@@ -14,14 +15,15 @@ Builders (NumPy, float64 unless stated):
 Preparation for the heads:
 
 * :func:`preprocess_graph`: IMCL's ``D_utility.preprocessing_graph``
-  (diagonal 1, then every column divided by its sum; METHODS.md §2.1);
+  (diagonal 1, then every column divided by its sum; docs/imcl.md §1);
 * :func:`gen_adj`: DOR-ML / ML-GCN ``gen_A`` (binarise at t, reweight by
-  rho / column sum, add I; METHODS.md §4.1);
+  rho / column sum, add I; deep-object-reid ``torchreid/models/gcn.py``);
 * :func:`normalized_adjacency`: ML-GCN's ``gen_adj`` normalisation.
 
 Graphs are stored as ``.npz`` with their label names (:func:`save_graph`) and
-loaded by name (:func:`load_graph`), never by row position (METHODS.md §4.4
-shows what row-order mismatches do).
+loaded by name (:func:`load_graph`), never by row position (deep-object-reid's
+committed COCO and NUS-WIDE word embeddings are in another row order than its
+adjacency matrices).
 """
 
 import json
@@ -76,8 +78,8 @@ def conditional_probability(cooccurrence, counts=None):
     Args:
         cooccurrence: float [C, C] counts M (:func:`cooccurrence_graph`).
         counts: optional float [C], count_i; defaults to ``diag(M)``. (The
-            DOR-ML matrices count per-object duplicate labels, METHODS.md
-            §4.4; pass those counts to reproduce them.)
+            DOR-ML matrices count per-object duplicate labels; pass those
+            counts to reproduce them.)
 
     Returns:
         float64 [C, C], row i = P(. | i) in [0, 1]; a label that never occurs
@@ -147,7 +149,7 @@ def word_vector_knn_graph(vectors, k, allow_zero=False):
 
 
 def identity_graph(num_labels):
-    """float32 [C, C] identity (IMCL's CUB graph, METHODS.md §2.1)."""
+    """float32 [C, C] identity (IMCL's CUB graph, docs/imcl.md §1)."""
     num_labels = int(num_labels)
     if num_labels < 1:
         raise ValueError(f"num_labels must be >= 1, got {num_labels}")
@@ -158,7 +160,7 @@ def preprocess_graph(graph):
     """IMCL's ``preprocessing_graph``: diagonal 1, columns sum to 1.
 
     ``G = graph`` with ``G_ii = 1``, then ``G[:, j] /= sum_i G[i, j]``
-    (``D_utility.preprocessing_graph``; METHODS.md §2.1). The input is not
+    (hbdat/cvpr20_IMCL ``D_utility.preprocessing_graph``). The input is not
     modified (the reference works in place).
 
     Args:
@@ -189,7 +191,7 @@ def gen_adj(adjacency, t=0.4, rho=0.25):
     """ML-GCN / DOR-ML ``gen_A``: binarise, reweight, add the identity.
 
     ``A' = [A >= t]`` (0/1), then, if ``rho != 0``,
-    ``A' = A' * rho / (colsum(A') + 1e-6) + I`` (METHODS.md §4.1;
+    ``A' = A' * rho / (colsum(A') + 1e-6) + I`` (deep-object-reid
     ``torchreid/models/gcn.py::gen_A`` with ``smoothing='full'``). Note the
     name: ML-GCN calls this ``gen_A``; its ``gen_adj`` is
     :func:`normalized_adjacency`.
@@ -216,7 +218,8 @@ def normalized_adjacency(adjacency):
     """ML-GCN's ``gen_adj``: ``(A D)^T D`` with ``D = diag(rowsum(A))^-1/2``.
 
     Equals ``D A^T D``; for a symmetric A this is the usual
-    ``D^-1/2 A D^-1/2`` (METHODS.md §4.1). Rows summing to 0 give 0 (the
+    ``D^-1/2 A D^-1/2`` (ML-GCN, Chen et al., CVPR 2019). Rows summing to 0
+    give 0 (the
     reference would produce inf).
 
     Args:

@@ -2,8 +2,8 @@
 
 Port of the loss terms of hbdat/cvpr20_IMCL
 (``OpenImages_experiments/interactive_learning_OpenImages.py`` and
-``colaborative_loss.e2e_OMP_asym_sigmoid_loss_Feature_Graph``; METHODS.md
-§2.2; paper Eq. (5)-(7))::
+``colaborative_loss.e2e_OMP_asym_sigmoid_loss_Feature_Graph``; docs/imcl.md
+§3; paper Eq. (5)-(7))::
 
     L = L_log + lambda_c * L_colab + lambda_f * L_feat
     L_log   = sum_ic xent(clip(y,0,1), s_ic) |y_ic| / max(#observed, 1)
@@ -39,7 +39,7 @@ def masked_logistic_sums(labels, logits, per_example=False,
     ``w_ic = 1`` for observed labels (1 or 0) and 0 for unknown (-1), and
     ``count = sum_ic w_ic``. ``sum / max(count, 1)`` is TF1's
     ``tf.losses.sigmoid_cross_entropy(..., weights=|y|)`` with its default
-    ``SUM_BY_NONZERO_WEIGHTS`` reduction (METHODS.md §2.2). Returning the two
+    ``SUM_BY_NONZERO_WEIGHTS`` reduction (docs/imcl.md §3). Returning the two
     parts lets a distributed trainer all-reduce both and divide once, which is
     exact (a mean of per-replica means is not).
 
@@ -49,7 +49,7 @@ def masked_logistic_sums(labels, logits, per_example=False,
         per_example: bool, return [B] vectors (sums over classes) instead of
             scalars.
         unknown_as_negative: bool, MSCOCO's unweighted loss: every entry has
-            weight 1 and only 1 is positive (METHODS.md §2.2).
+            weight 1 and only 1 is positive (docs/imcl.md §3).
 
     Returns:
         ``(sum, count)``: float32 scalars (or [B] with ``per_example``); the
@@ -110,7 +110,7 @@ def label_residual_loss(y_hat, dict_y_hat, indices, coefs,
                         global_batch_size=None):
     """L_colab = sum_i ||y_hat_i - sum_a coef_ia Y_hat_{j(i,a)}||^2 / B.
 
-    (METHODS.md §2.2; reference ``loss_colaborative = ||R_L||^2 / batch``.)
+    (docs/imcl.md §3; reference ``loss_colaborative = ||R_L||^2 / batch``.)
     Slots with ``indices == -1`` contribute nothing.
 
     Args:
@@ -162,7 +162,7 @@ def calibrate_lambdas(l_log, l_colab, l_feat, alpha_c, alpha_f):
     """IMCL's loss-ratio weights: lambda = alpha * L_log / L at initialisation.
 
     ``lambda_c = alpha_c * L_log / L_colab``,
-    ``lambda_f = alpha_f * L_log / L_feat`` (METHODS.md §2.2; reference
+    ``lambda_f = alpha_f * L_log / L_feat`` (docs/imcl.md §3; reference
     ``ratio_loss_coloborative * alpha_colaborative_o``), computed once on the
     first batch before training.
 
@@ -217,7 +217,7 @@ class IMCLLoss(keras.losses.Loss):
     """IMCL training loss with per-term outputs.
 
     ``total = logistic + lambda_colab * colab + lambda_feature * feature``
-    (METHODS.md §2.2). Reductions (so that per-replica values summed over a
+    (docs/imcl.md §3). Reductions (so that per-replica values summed over a
     ``MirroredStrategy`` equal the single-device reference on the global
     batch, when the optional global arguments are given):
 

@@ -4,12 +4,12 @@ Port of the loss terms of ``AttentionClassifier`` in
 ``core/model_share_attention.py`` (hbdat/cvpr20_LESA): ``_ranking_loss``,
 ``_attention_distribution_soft_cardinality``,
 ``_attention_global_regularizer`` and ``_attention_ortho_span_regularizer``.
-The math is METHODS.md §1.3.
+The math is in docs/lesa.md §3 (Huynh & Elhamifar, CVPR 2020).
 
 Labels use the mll_tf convention (``1`` present, ``0`` absent, ``-1``
 unknown; any integer or float dtype). Internally they are mapped to LESA's
-y_pm1 = +1 / -1 / 0 (METHODS.md §6.2), so the formulas read exactly as in
-METHODS.md §1.3.
+y_pm1 = +1 / -1 / 0 (docs/labels_and_data.md §1), so the formulas read exactly
+as in the reference code.
 """
 
 import keras
@@ -54,7 +54,7 @@ def ranking_loss(labels, logits, margin=1.0, method="auto"):
         loss_i    = sum_{p,n} h_i(p, n) / (V_i + 1e-8)
 
     An image without positive/negative pairs gives 0. The reference batch
-    loss is ``mean_i loss_i`` (METHODS.md §1.3; reference ``_ranking_loss``;
+    loss is ``mean_i loss_i`` (docs/lesa.md §3; reference ``_ranking_loss``;
     paper Eq. for L_rank). The reference's gathering of the columns labelled
     somewhere in the batch is an optimisation that does not change the value
     and is not done here.
@@ -178,7 +178,7 @@ def attention_distribution_loss(labels, head_logits):
     ``pi_{i,m,c} = softmax_m(s_{i,m,c})`` over heads,
     ``P_{i,m} = sum_{c: labels_ic = 1} pi_{i,m,c}``,
     ``loss_i = mean_m P_{i,m}^2``. The reference batch loss is
-    ``mean_i loss_i`` (METHODS.md §1.3; reference
+    ``mean_i loss_i`` (docs/lesa.md §3; reference
     ``_attention_distribution_soft_cardinality``). Unknown and absent labels
     contribute nothing.
 
@@ -200,7 +200,7 @@ def global_relevance_loss(labels, logits, global_logits):
 
     ``loss_i = sum_c max(0, -(s_ic - g_ic) * y_ic)`` with y_pm1 = +1 present,
     -1 absent, 0 unknown (so unknown labels give 0). The reference term is
-    the batch SUM of ``loss_i`` (METHODS.md §1.3; reference
+    the batch SUM of ``loss_i`` (docs/lesa.md §3; reference
     ``_attention_global_regularizer`` with ``margin_att_global = 0``).
 
     Args:
@@ -225,7 +225,7 @@ def attention_span_sum_of_squares(attention_logits):
     zeroed, ``S = sum_i sum_{m != m'} G_{i,m,m'}^2``. The reference span term
     is ``sqrt(S)`` over the whole batch, the Frobenius norm of the [B, M, M]
     tensor: not squared and not averaged, so it is not additive over images
-    (METHODS.md §1.3; reference ``_attention_ortho_span_regularizer``).
+    (docs/lesa.md §3; reference ``_attention_ortho_span_regularizer``).
 
     Args:
         attention_logits: float32 tensor [B, M, R], the PRE-softmax e.
@@ -244,7 +244,7 @@ def attention_span_sum_of_squares(attention_logits):
 
 def _num_replicas_in_sync():
     """Replicas of the current tf.distribute strategy (1 outside one)."""
-    import tensorflow as tf  # distribution code only (CONVENTIONS §3.2.13)
+    import tensorflow as tf  # distribution code only
 
     return tf.distribute.get_strategy().num_replicas_in_sync
 
@@ -254,7 +254,7 @@ class LESALoss(keras.losses.Loss):
     """Full LESA training loss with per-term outputs.
 
     ``total = ranking + distribution_weight * distribution
-    + global_weight * global + span_weight * span`` (METHODS.md §1.3; the
+    + global_weight * global + span_weight * span`` (docs/lesa.md §3; the
     reference ``AttentionClassifier.build_model_rank`` with
     ``lamb_att_dist=0.1, lamb_att_global=0.001, lamb_att_span=0.01,
     lamb_w2v_diff=0``).

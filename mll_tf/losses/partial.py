@@ -1,26 +1,30 @@
 """Partial-label multi-label losses: CSL's P-ASL/selective loss, ASL, masked BCE.
 
 * :class:`PartialAsymmetricLoss`: CSL ``PartialSelectiveLoss`` with its four
-  ``partial_loss_mode`` values (METHODS.md §3.2; reference
+  ``partial_loss_mode`` values (Ben-Baruch et al., CVPR 2022;
+  docs/partial_labels.md §1; reference
   ``src/loss_functions/partial_asymmetric_loss.py`` of
   Alibaba-MIIL/PartialLabelingCSL).
 * :class:`AsymmetricLoss`: ASL (Ridnik et al., ICCV 2021; reference
   ``src/loss_functions/losses.py::AsymmetricLoss`` of Alibaba-MIIL/ASL, and
-  ``torchreid/losses/asl.py`` of DOR-ML, METHODS.md §4.2), with unknown
+  ``torchreid/losses/asl.py`` of DOR-ML; docs/partial_labels.md §2), with unknown
   targets removed.
 * :class:`MaskedBinaryCrossentropy`: plain BCE from logits with the unknown
   labels ignored or treated as negatives.
 
-Labels use the mll_tf convention (METHODS.md §6.2): ``1`` present, ``0``
+Labels use the mll_tf convention (docs/labels_and_data.md §1): ``1`` present, ``0``
 annotated absent, ``-1`` unknown (any numeric dtype).
 
 Reduction (all three losses). The references return the SUM over batch and
 classes. Here ``call()`` returns the per-example loss ``[B]`` = the sum over
 classes, and the Keras ``reduction`` (default ``"sum_over_batch_size"``)
 averages it over the batch: ``loss(y, z) == reference_sum / B``, independent
-of the batch size (DOR-ML's ASL also divides by B). Distributed training uses
+of the batch size (DOR-ML's ``multilabel``-branch ``torchreid/losses/asl.py``
+also returns a plain sum, ``-loss.sum()``, with no division by B; the division
+is this project's choice). Distributed training uses
 ``reduction="none"`` and ``tf.nn.compute_average_loss(per_example,
-global_batch_size=...)``, which gives the same value on the global batch.
+global_batch_size=...)``, which averages the per-image sums over the global
+batch and so gives the same value as one device.
 """
 
 import keras
@@ -124,7 +128,7 @@ class PartialAsymmetricLoss(keras.losses.Loss):
     sees later :meth:`set_prior` updates of the same length. If the loss is
     built without a prior, call :meth:`set_prior` before the first traced
     call (a graph traced without a prior never uses one). Unlike the
-    reference (METHODS.md §8 CSL item 6), the prior is indexed by the model's
+    reference (docs/partial_labels.md §8, item 1), the prior is indexed by the model's
     class index; load it by class name with
     :func:`mll_tf.training.priors.load_prior_csv`.
 
@@ -134,7 +138,7 @@ class PartialAsymmetricLoss(keras.losses.Loss):
     Use ``reduction="none"`` with ``tf.nn.compute_average_loss`` under
     ``tf.distribute``.
 
-    Source: METHODS.md §3.2; reference ``PartialSelectiveLoss``,
+    Source: docs/partial_labels.md §1; reference ``PartialSelectiveLoss``,
     ``edit_targets_parital_labels`` and ``negative_backprop_fun_jit`` in
     Alibaba-MIIL/PartialLabelingCSL
     ``src/loss_functions/partial_asymmetric_loss.py``. Reference defaults
@@ -371,10 +375,13 @@ class AsymmetricLoss(keras.losses.Loss):
     back-propagate through w; pass ``False`` to match them.
 
     Reduction: ``call`` returns the per-example loss [B] (sum over classes);
-    the default Keras reduction averages it over the batch, i.e. the ASL
-    reference ``-loss.sum()`` / B (= DOR-ML's ``-loss.sum() / B``).
+    the default Keras reduction averages it over the batch (the global batch
+    under ``tf.distribute``). Both references return a plain sum,
+    ``-loss.sum()``: ASL ``losses.py`` over batch and classes, DOR-ML's
+    ``multilabel``-branch ``asl.py`` over the kept entries, neither divided
+    by B. So this loss is the reference value divided by B.
 
-    Source: METHODS.md §4.2; Alibaba-MIIL/ASL
+    Source: Ridnik et al., ICCV 2021; docs/partial_labels.md §2; Alibaba-MIIL/ASL
     ``src/loss_functions/losses.py::AsymmetricLoss``; DOR-ML
     ``torchreid/losses/asl.py``.
 
@@ -467,9 +474,10 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
     computed in this stable form (no clamping, unlike the CSL/ASL losses).
 
     * ``mode="ignore"``: unknown entries (y < 0) get weight 0 (the "ignore"
-      baseline of CSL, METHODS.md §3.2 / §3.3).
+      baseline of CSL, docs/partial_labels.md §3).
     * ``mode="negative"``: unknown entries are negatives, t = 0 (the
-      "negative" baseline; also IMCL's MSCOCO convention, METHODS.md §6.2).
+      "negative" baseline; also IMCL's MSCOCO convention,
+      docs/labels_and_data.md §1).
 
     Targets in [0, 1] may be soft. Reduction: ``call`` returns the
     per-example SUM over classes [B] (not the mean over classes of

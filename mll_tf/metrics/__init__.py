@@ -2,7 +2,7 @@
 
 All functions take ``scores`` float ``[N, C]`` and ``labels`` int ``[N, C]`` in
 {1 present, 0 absent, -1 unknown} and return fractions in [0, 1]
-(METHODS.md §6.3, §6.4).
+(docs/metrics.md).
 """
 
 from mll_tf.metrics.average_precision import (

@@ -1,6 +1,6 @@
 """The three reference average-precision (AP) definitions, vectorised in NumPy.
 
-METHODS.md §6.3 lists three AP variants used by the reference code bases. All
+docs/metrics.md §1 lists three AP variants used by the reference code bases. All
 functions here take
 
 * ``scores``: float array ``[N, C]`` (N images, C classes), higher = more
@@ -314,7 +314,7 @@ def average_precision_masked(scores, labels, *, num_threads=None):
             ``labels`` holds a value outside {1, 0, -1}, or if ``scores``
             holds NaN or inf.
 
-    Source: METHODS.md §6.3 variant (a); LESA ``core/utils.py::compute_AP``,
+    Source: docs/metrics.md §1 variant (a); LESA ``core/utils.py::compute_AP``,
     IMCL ``measurement.py``.
     """
     fn = "average_precision_masked"
@@ -374,7 +374,7 @@ def mean_average_precision(scores, labels):
     Raises:
         ValueError: as :func:`average_precision_masked`.
 
-    Source: METHODS.md §6.3 variant (a), §1.6.
+    Source: docs/metrics.md §1 variant (a); docs/lesa.md §5.
     """
     ap = average_precision_masked(scores, labels)
     return float(ap.mean()) if ap.size else 0.0
@@ -444,7 +444,11 @@ def average_precision_asl(scores, labels):
     Over **all** N rows; only ``label == 1`` is positive, unknown (``-1``)
     counts as negative. ``AP_c = sum_{k: y_k = 1} prec@k / #pos`` along a
     **stable descending sort** of the scores: tied scores keep their row
-    order (the lower row index is ranked first), unlike sklearn's grouping.
+    order (the lower row index is ranked first). This is neither sklearn's
+    grouping of ties nor the reference's order: the reference ranks with
+    ``argsort()[::-1]`` (NumPy's default, unstable sort, reversed), whose
+    order among tied scores is unspecified, so results can differ from the
+    reference's when scores tie.
     A class with no positive gets AP = 0. The reference returns percent and
     divides by ``#pos + 1e-8``; here the result is a fraction in [0, 1] and
     the division is exact.
@@ -460,7 +464,7 @@ def average_precision_asl(scores, labels):
         ValueError: on non-2-D input, shape mismatch, labels outside
             {1, 0, -1}, or NaN/inf scores.
 
-    Source: METHODS.md §6.3 variant (b); ASL ``helper_functions.average_precision``.
+    Source: docs/metrics.md §1 variant (b); ASL ``helper_functions.average_precision``.
     """
     fn = "average_precision_asl"
     scores, labels = _check_inputs(scores, labels, fn)
@@ -493,7 +497,7 @@ def average_precision_partial(scores, labels):
         ValueError: on non-2-D input, shape mismatch, labels outside
             {1, 0, -1}, or NaN/inf scores.
 
-    Source: METHODS.md §6.3 variant (c); CSL ``helper_functions.AP_partial``.
+    Source: docs/metrics.md §1 variant (c); CSL ``helper_functions.AP_partial``.
     """
     fn = "average_precision_partial"
     scores, labels = _check_inputs(scores, labels, fn)

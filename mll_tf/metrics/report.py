@@ -1,6 +1,6 @@
 """ZSL / GZSL / seen reports: mAP and micro top-K P/R/F1 in one place.
 
-Protocol (METHODS.md §1.6, §6.3, §6.4): AP per class over known labels
+Protocol (docs/metrics.md §1, §2, §5): AP per class over known labels
 (variant (a), a class without a positive scores 0 and stays in the mean);
 P/R/F1@K micro over all images. GZSL columns are [unseen, seen].
 """
@@ -93,7 +93,7 @@ def partial_label_report(logits, labels, threshold=0.5, groups=None):
         entries ignored) and ``num_images`` / ``num_labels``;
         ``ap_partial`` is float64 ``[C]`` (NaN for dropped classes).
 
-    Source: METHODS.md §3.3, §6.3 (b) and (c); CSL ``helper_functions.mAP``,
+    Source: docs/metrics.md §1 (b) and (c); CSL ``helper_functions.mAP``,
     ``AP_partial``; ``validate.py``.
     """
     from mll_tf.metrics.average_precision import average_precision_asl, average_precision_partial

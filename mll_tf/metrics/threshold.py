@@ -2,13 +2,13 @@
 
 * :func:`threshold_metrics`: per-class ("C") and overall ("O") precision,
   recall and F1 at a fixed threshold (CSL ``validate.py`` at 0.8, DOR-ML at
-  0.5 or tuned thresholds; METHODS.md §3.3, §4.4), with the per-class scores
-  averaged over CLASSES (the DOR-ML loop over samples is a bug, METHODS.md
-  §8 DOR-ML item 1).
+  0.5 or tuned thresholds; docs/metrics.md §3), with the per-class scores
+  averaged over CLASSES (the DOR-ML loop over samples in
+  ``torchreid/metrics/classification.py`` is a bug).
 * :func:`tune_thresholds`: per-class argmax-F1 thresholds from
   ``sklearn.metrics.precision_recall_curve`` (DOR-ML
-  ``tune_multilabel_thresholds``, METHODS.md §4.3) without its NaN F1 and
-  off-by-one risks (METHODS.md §8 DOR-ML item 5).
+  ``tune_multilabel_thresholds``; docs/metrics.md §3) without its NaN F1 and
+  off-by-one risks.
 * :func:`attribute_accuracy`: accuracy of the argmax inside groups of
   mutually exclusive classes (e.g. one colour per image).
 
@@ -92,7 +92,8 @@ def threshold_metrics(scores, labels, threshold=0.5, ignore_unknown=True,
             [0, 1] (e.g. logits), or ``threshold`` is not a finite scalar or
             [C] array.
 
-    Source: METHODS.md §3.3 (CSL ``validate.py``), §4.4, §8 DOR-ML item 1;
+    Source: docs/metrics.md §3; CSL ``validate.py``; DOR-ML
+    ``torchreid/metrics/classification.py`` (its loop over samples not copied);
     ML-GCN ``util.py::AveragePrecisionMeter.evaluation``.
     """
     fn = "threshold_metrics"
@@ -177,7 +178,7 @@ def tune_thresholds(scores, labels, ignore_unknown=True, default=0.5):
         ValueError: if ``scores`` is not 2-D, the shapes differ, ``labels``
             holds another value or ``scores`` holds NaN/inf.
 
-    Source: METHODS.md §4.3 and §8 DOR-ML item 5 (DOR-ML
+    Source: docs/metrics.md §3 (DOR-ML
     ``tune_multilabel_thresholds``).
     """
     from sklearn.metrics import precision_recall_curve

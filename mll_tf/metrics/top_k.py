@@ -1,6 +1,6 @@
 """Top-K precision / recall / F1 (LESA ``evaluate_k``, ``mode_F1='overall'``).
 
-METHODS.md §6.4: for every image i, T_i is the set of its K highest-scoring
+docs/metrics.md §2: for every image i, T_i is the set of its K highest-scoring
 classes, over **all** N images (``is_exclude=False``: images without a
 positive label are kept and each adds K false positives). Then
 
@@ -80,7 +80,7 @@ def top_k_precision_recall_f1(scores, labels, k):
             holds a value outside {1, 0, -1}, ``scores`` holds NaN/inf, or
             ``k`` is not an integer in [1, C].
 
-    Source: METHODS.md §6.4 (LESA ``core/utils.py::evaluate_k``).
+    Source: hbdat/cvpr20_LESA ``core/utils.py::evaluate_k``; docs/metrics.md §2.
     """
     fn = "top_k_precision_recall_f1"
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):

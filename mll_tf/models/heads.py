@@ -4,8 +4,8 @@
 ASL, Ignore/Negative BCE, the IMCL logistic baseline): global average pooling
 of a stored feature map, dropout, and one linear layer giving per-class
 logits, as CSL's TResNet head (global average pooling + ``Linear(C)``;
-METHODS.md §3.1). :class:`FineTuneClassifier` puts the same head on a
-trainable backbone for end-to-end fine-tuning (``--finetune``).
+Alibaba-MIIL/PartialLabelingCSL). :class:`FineTuneClassifier` puts the same
+head on a trainable backbone for end-to-end fine-tuning (``--finetune``).
 """
 
 import keras
@@ -21,7 +21,8 @@ class MultiLabelHead(keras.Model):
         dropout: float in [0, 1), dropout rate before the linear layer.
         hidden_units: int, 0 for a single linear layer; > 0 adds a linear
             bottleneck ``Dense(hidden_units)`` without activation, as CSL's
-            OpenImages ``do_bottleneck_head`` (METHODS.md §3.1).
+            OpenImages ``do_bottleneck_head`` (``parse_args`` in
+            ``src/helper_functions/helper_functions.py``).
 
     Call:
         features: float ``[B, R, D]`` region features (averaged over R) or

@@ -1,10 +1,10 @@
 """IMCL: interactive multi-label CNN learning with partial labels.
 
 Port of hbdat/cvpr20_IMCL (Huynh & Elhamifar, CVPR 2020): the model of
-METHODS.md §2.1 (linear classifier Theta on [f, 1], optional linear feature
+docs/imcl.md §1 (linear classifier Theta on [f, 1], optional linear feature
 map Theta_1, asymmetric sigmoid, label clamping, learnable label-dependency
 matrix G restricted to the graph's non-zero pattern) and the alternating
-training step of §2.2 (OMP sparse coding without gradient, then one gradient
+training step of docs/imcl.md §4 (OMP sparse coding without gradient, then one gradient
 step on ``L_log + lambda_c L_colab + lambda_f L_feat`` with separate
 optimisers for Theta, G and the backbone).
 
@@ -16,7 +16,7 @@ model, G variables, lambda calibration, optimisers, G clipping) and
 
 Label conventions. Public inputs use the mll_tf convention (``1`` present,
 ``0`` absent, ``-1`` unknown). IMCL's formulas use y = +1 / -1 / 0
-(METHODS.md §6.2); the conversion happens at the boundary:
+(docs/labels_and_data.md §1); the conversion happens at the boundary:
 :class:`IMCLDictionary` converts the dictionary labels once with
 :func:`mll_tf.labels.to_pm1`, and the batch labels are converted in-graph by
 :func:`labels_to_pm1` (the same rule ``where(y < 0, 0, 2y - 1)``, tested to
@@ -44,7 +44,7 @@ ASYM_SIGMOID_CLIP = 80.0
 
 
 def asym_sigmoid(x, c):
-    """Asymmetric sigmoid sigma_c with range (-1/c, 1) (METHODS.md §2.1).
+    """Asymmetric sigmoid sigma_c with range (-1/c, 1) (docs/imcl.md §1).
 
     ``y = clip(x + 0.5 ln(1/c), -80, 80)``,
     ``sigma_c(x) = (e^y - (1/c) e^-y) / (e^y + e^-y)``
@@ -71,7 +71,7 @@ def asym_sigmoid(x, c):
 def clamp_labels(pred, y_pm1, c):
     """Keep observed labels, fill unknown ones with the prediction.
 
-    ``(1 - |clip(y, -1, 1)|) * pred + clip(y, -1/c, 10)`` (METHODS.md §2.1;
+    ``(1 - |clip(y, -1, 1)|) * pred + clip(y, -1/c, 10)`` (docs/imcl.md §1;
     reference ``is_clamp_label``): an entry with y = +1 becomes 1, y = -1
     becomes -1/c and y = 0 (unknown) becomes ``pred``.
 
@@ -94,7 +94,7 @@ def labels_to_pm1(labels):
     """In-graph mll_tf {1, 0, -1} -> IMCL {+1, -1, 0}, float32.
 
     The rule of :func:`mll_tf.labels.to_pm1` (``where(y < 0, 0, 2y - 1)``,
-    METHODS.md §6.2) for tensors; values are not validated here.
+    docs/labels_and_data.md §1) for tensors; values are not validated here.
     """
     y = ops.cast(labels, "float32")
     return ops.where(y < 0, ops.zeros_like(y), 2.0 * y - 1.0)
@@ -105,7 +105,7 @@ class UnitInterval(keras.constraints.Constraint):
     """Clips a weight to [0, 1] after each optimiser update.
 
     IMCL clips G to [0, 1] after every step on OpenImages (``is_nonzero_G``,
-    ``op_G_nonnegative``; METHODS.md §2.1).
+    ``op_G_nonnegative``; docs/imcl.md §1).
     """
 
     def __call__(self, w):
@@ -227,7 +227,7 @@ class LabelDependency(keras.layers.Layer):
 class IMCLModel(keras.Model):
     """IMCL classifier with a learnable label-dependency matrix.
 
-    Forward pass (METHODS.md §2.1):
+    Forward pass (docs/imcl.md §1):
 
     1. ``pool``: the optional ``backbone`` maps inputs to [B, h, w, D] (mean
        over h, w) or [B, D]; without a backbone the inputs are features

@@ -2,8 +2,8 @@
 
 Port of ``AttentionClassifier.build_model_rank(is_conv=True)`` from
 ``core/model_share_attention.py`` of hbdat/cvpr20_LESA (Huynh & Elhamifar,
-CVPR 2020). The shape flow is METHODS.md §1.2; the losses live in
-:mod:`mll_tf.losses.lesa_loss` (METHODS.md §1.3).
+CVPR 2020). The shape flow is in docs/lesa.md §2; the losses live in
+:mod:`mll_tf.losses.lesa_loss` (docs/lesa.md §3).
 """
 
 import math
@@ -32,7 +32,7 @@ def _l2_normalize(vectors):
 class LESA(keras.Model):
     """LESA shared multi-attention model on precomputed feature maps.
 
-    Shape flow (METHODS.md §1.2; reference ``build_model_rank(is_conv=True)``,
+    Shape flow (docs/lesa.md §2; reference ``build_model_rank(is_conv=True)``,
     ``_conv``, ``_attention_layer_MLP``, ``_predict_frac``):
 
     1. ``features`` [B, R, D] -> reshape [B, h, w, D] -> 2x2 conv (SAME, no
@@ -63,8 +63,8 @@ class LESA(keras.Model):
     ``trainable_vecs=False`` constant), so a ``.keras`` file restores them.
     Passing ``label_embeddings`` to :meth:`call` replaces them for that call,
     which gives the zero-shot scores (unseen vectors) and the generalized
-    zero-shot scores (``concat([unseen, seen])``, unseen first, METHODS.md
-    §6.5) from the same W.
+    zero-shot scores (``concat([unseen, seen])``, unseen first, docs/metrics.md
+    §5) from the same W.
 
     Args:
         label_embeddings: float array-like [C, d_w] or None. Raw (unnormalised)

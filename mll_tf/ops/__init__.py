@@ -1,6 +1,6 @@
 """Numerical ops shared by the methods (no Keras layers here).
 
-* :func:`batched_omp`: IMCL's greedy joint sparse coding (METHODS.md §2.2).
+* :func:`batched_omp`: IMCL's greedy joint sparse coding (docs/imcl.md §2).
 """
 
 from mll_tf.ops.omp import batched_omp

@@ -1,15 +1,16 @@
 """Batched greedy sparse coding (OMP) of IMCL, vectorised in TensorFlow.
 
 Port of the selection rule of ``e2e_OMP_asym_sigmoid_Feature_Graph`` in
-``colaborative_loss.py`` (hbdat/cvpr20_IMCL; METHODS.md §2.2; paper Eq. (6)
-and Alg. 1). The reference runs one ``tf.while_loop`` per image under
-``tf.map_fn(parallel_iterations=1)``; here all images of the batch are coded
-together with masks, and the at most ``k`` greedy steps are an unrolled Python
-loop (so the function traces to one static graph and compiles under XLA).
+``colaborative_loss.py`` (hbdat/cvpr20_IMCL; Huynh & Elhamifar, CVPR 2020,
+Eq. (6) and Alg. 1; docs/imcl.md §2). The reference runs one
+``tf.while_loop`` per image under ``tf.map_fn(parallel_iterations=1)``; here
+all images of the batch are coded together with masks, and the at most ``k``
+greedy steps are an unrolled Python loop (so the function traces to one static
+graph and compiles under XLA).
 
 This module is TensorFlow (not ``keras.ops``): it is a non-differentiable
 numerical routine (everything runs under ``tf.stop_gradient``), like the data
-and distribution code (CONVENTIONS.md §3.2 item 13).
+and distribution code.
 """
 
 import tensorflow as tf
@@ -116,7 +117,7 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
                 dedup_tol=1e-3, normalize_lambdas=True, ridge=1e-6,
                 dict_label_sq_norms=None, dict_feature_sq_norms=None,
                 dedup_candidates=8):
-    """Greedy joint sparse coding of IMCL (METHODS.md §2.2), batched.
+    """Greedy joint sparse coding of IMCL (docs/imcl.md §2), batched.
 
     For each image i (row of the queries) the atoms are the dictionary entries
     j, each a pair (label vector Y_j, feature vector F_j). Entries with
@@ -139,8 +140,8 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
     otherwise the image stops (its remaining slots stay unused; the reference
     re-evaluates the same residual and fails again, which is equivalent).
 
-    Differences from the reference, none of which changes a result on
-    well-posed problems:
+    Differences from the reference (the first and the last change no result
+    on well-posed problems; the ridge can):
 
     * the argmax is over atoms not yet selected; the reference takes it over
       all atoms and skips the step when the winner is already in A. After a
@@ -149,7 +150,12 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
       unless every remaining score is at round-off level.
     * the normal equations get a relative ridge ``ridge * mean(diag)`` (the
       reference inverts ``Y_A Y_A^T`` exactly and returns inf/NaN when it is
-      singular, e.g. two dictionary entries with identical predictions);
+      singular, e.g. two dictionary entries with identical predictions).
+      The ridge biases the coefficients: negligibly on well-conditioned
+      supports, but on ill-conditioned ones the relative change is roughly
+      ``ridge`` times the condition number of the Gram matrix, so the
+      coefficients (and the residuals) can differ noticeably from the
+      reference's;
     * a zero-norm atom scores 0 for that term (the reference divides by 0),
       and ``balance`` divides by 1 when the maximum is 0.
 

@@ -1,6 +1,6 @@
 """RMSprop with TF1 ``tf.train.RMSPropOptimizer`` semantics.
 
-METHODS.md §6.1: TF1 ``RMSPropOptimizer(lr, decay=0.9, momentum=0.9,
+TF1 ``RMSPropOptimizer(lr, decay=0.9, momentum=0.9,
 epsilon=1.0)`` -- the optimizer of the LESA and IMCL references -- and Keras 3
 ``RMSprop(rho=0.9, momentum=0.9, epsilon=1.0)`` apply the same update with
 epsilon inside the square root and the learning rate inside the momentum
@@ -10,7 +10,7 @@ by exactly rho^t, so
 with epsilon = 1 the TF1 step is smaller by the factor
 sqrt((ms_keras + 1) / (ms_keras + rho^t + 1)), which is 1/sqrt(1.9) for a
 tiny first gradient (rho = 0.9) and tends to 1 over a few tens of steps
-(METHODS.md §6.1 bounds the ratio by sqrt(2), the limit rho -> 1).
+(the ratio is bounded by sqrt(2), the limit rho -> 1; see docs/lesa.md §4).
 """
 
 import keras
@@ -29,7 +29,7 @@ class TF1RMSprop(keras.optimizers.RMSprop):
         mom <- momentum * mom + lr * g / sqrt(den)
         var <- var - mom                     (momentum 0: var - lr*g/sqrt(den))
 
-    This is ``tf.compat.v1.train.RMSPropOptimizer`` exactly (METHODS.md §6.1,
+    This is ``tf.compat.v1.train.RMSPropOptimizer`` exactly (TensorFlow's
     ``training_ops.ApplyRMSProp`` / ``ApplyCenteredRMSProp``). As in TF1,
     changing the learning rate (``optimizer.learning_rate.assign(...)``) does
     not rescale the momentum already accumulated: lr multiplies only the
@@ -40,7 +40,7 @@ class TF1RMSprop(keras.optimizers.RMSprop):
     the first ``apply_gradients``, and when restored from a checkpoint or a
     ``.keras`` file (which overwrite the slots).
 
-    Defaults are the LESA / IMCL reference values (METHODS.md §1.4, §2.3),
+    Defaults are the LESA / IMCL reference values (docs/lesa.md §4, docs/imcl.md §5),
     not Keras' (``momentum=0.0, epsilon=1e-7``).
 
     Args:
@@ -102,4 +102,4 @@ class TF1RMSprop(keras.optimizers.RMSprop):
             raise RuntimeError(
                 "TF1RMSprop: keras.optimizers.RMSprop no longer exposes one "
                 "`_velocities` slot per variable; cannot guarantee the TF1 "
-                "ones initialisation (METHODS.md §6.1)")
+                "ones initialisation (docs/lesa.md §4)")

@@ -106,7 +106,7 @@ def refresh_dictionary(model, dictionary, images, batch_size=32):
 
     ``dictionary.features <- model.pool(images)`` in inference mode (the
     reference re-extracts them every 250 iterations on OpenImages e2e and
-    every 3000 on MSCOCO; METHODS.md §2.2). The labels are unchanged. With
+    every 3000 on MSCOCO; docs/imcl.md §4). The labels are unchanged. With
     ``dict_refresh_every > 1`` call ``step.refresh_cache()`` afterwards.
 
     Args:
@@ -221,7 +221,7 @@ def imcl_terms(model, dictionary, dict_terms, features, labels, *, loss, k, thre
 class IMCLTrainStep:
     """One IMCL training iteration: OMP (no gradient), then a gradient step.
 
-    For a batch (METHODS.md §2.2; reference ``sess.run([train, train_G])``):
+    For a batch (docs/imcl.md §4; reference ``sess.run([train, train_G])``):
 
     1. dictionary side (no gradient): ``Y_dict = clamp(asym_sigmoid(F_dict
        Theta) G)`` and ``F_dict = [e(F_dict), 1]`` with the current
@@ -407,7 +407,7 @@ class IMCLTrainStep:
         (``alpha_colaborative_var = 1e5``, ``alpha_feature_var = 1``), takes
         the unweighted L_log, L_colab, L_feat on this batch and assigns
         :func:`mll_tf.losses.imcl_loss.calibrate_lambdas`' result to the
-        variables (METHODS.md §2.2).
+        variables (docs/imcl.md §3).
 
         Args:
             features, labels: one training batch.

@@ -24,7 +24,7 @@ def make_strategy(cpu_replicas=1):
 
     * GPUs present: ``MirroredStrategy`` over all of them.
     * else ``cpu_replicas > 1``: ``MirroredStrategy`` over that many logical
-      CPUs (see :func:`split_cpu`; OFFLINE_DATA.md §2).
+      CPUs (see :func:`split_cpu`).
     * else a one-replica ``MirroredStrategy`` on ``/cpu:0`` (same code path).
 
     Raises:

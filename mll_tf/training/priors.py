@@ -1,11 +1,11 @@
 """Class priors for CSL's selective loss: estimation and CSV files by class name.
 
-CSL (METHODS.md §3.2, ``ComputePrior`` in Alibaba-MIIL/PartialLabelingCSL
+CSL (Ben-Baruch et al., CVPR 2022; ``ComputePrior`` in Alibaba-MIIL/PartialLabelingCSL
 ``src/loss_functions/partial_asymmetric_loss.py``) estimates the prior of
 class c as the mean predicted probability sigmoid(z_c) over all training
 images seen so far, from a temporary model trained in "ignore" mode, and
 writes it as ``Classes,avg_pred`` rows. The reference reads the values back
-BY ROW POSITION (METHODS.md §8, CSL item 6); :func:`load_prior_csv` matches
+BY ROW POSITION (docs/partial_labels.md §8, item 1); :func:`load_prior_csv` matches
 them BY CLASS NAME instead and rejects any mismatch.
 
 NumPy only (no TensorFlow import); tensors are accepted wherever

@@ -2,9 +2,10 @@
 
 * :class:`AdaptiveLearningRate`: LESA ``core/utils.py::LearningRate.adapt``
   (copied as IMCL ``D_utility.LearningRate``), a host-side rule called once
-  per evaluation with the monitored validation metric (METHODS.md §1.4, §2.3).
+  per evaluation with the monitored validation metric (docs/lesa.md §4,
+  docs/imcl.md §5).
 * :class:`InverseSqrtDecay`: the IMCL OpenImages logistic baseline,
-  ``lr0 / (sqrt(global_step) + 1)`` (METHODS.md §2.3), as a Keras
+  ``lr0 / (sqrt(global_step) + 1)`` (docs/imcl.md §5), as a Keras
   ``LearningRateSchedule``.
 """
 
@@ -38,7 +39,7 @@ class AdaptiveLearningRate:
     * the floor test is ``>=`` on the rate BEFORE decaying, so the rate can
       end one decay below the floor;
     * the reference ignores its ``decay_rate`` argument and always uses 0.8
-      (METHODS.md §8, LESA bug 6); this class honours ``decay`` (default 0.8,
+      (docs/lesa.md §6, item 4); this class honours ``decay`` (default 0.8,
       so the defaults reproduce the reference);
     * the reference keeps the rate in a float32 variable, i.e. rounds it to
       float32 after every decay; here it is a Python float (float64), which
@@ -49,7 +50,7 @@ class AdaptiveLearningRate:
     Reference settings: LESA ``signal_strength=0.3``, ``decay=0.8``,
     ``floor_fraction=1e-3``, ``patience=5`` (NUS-WIDE) or 2 (OpenImages,
     the constructor default); IMCL interactive ``signal_strength=0.1``,
-    absolute ``floor=1.25e-4`` (METHODS.md §1.4, §2.3).
+    absolute ``floor=1.25e-4`` (docs/lesa.md §4, docs/imcl.md §5).
 
     Args:
         initial_learning_rate: float > 0, lr0.
@@ -197,7 +198,7 @@ class InverseSqrtDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     The IMCL OpenImages logistic baseline, ``1.0/(tf.sqrt(global_step)+1.0)
     * learning_rate_base`` with the TF1 global step (0 at the first update,
-    like ``optimizer.iterations``), METHODS.md §2.3 (reference
+    like ``optimizer.iterations``), docs/imcl.md §5 (reference
     ``OpenImages_experiments/baseline_logistic_OpenImages.py``).
 
     Args:

@@ -1,7 +1,7 @@
 """Seen / unseen label splits for multi-label zero-shot learning.
 
 LESA trains classifiers for SEEN labels only and scores UNSEEN labels by
-swapping their word vectors in (METHODS.md §1.2). On a dataset without an
+swapping their word vectors in (docs/lesa.md §2). On a dataset without an
 official split (the clip-art tags), :func:`choose_unseen_labels` picks the
 unseen labels deterministically.
 """
@@ -35,7 +35,7 @@ class LabelSplit:
         return [pos[n] for n in self.seen], [pos[n] for n in self.unseen]
 
     def gzsl_names(self):
-        """GZSL column order: unseen first, then seen (METHODS.md §6.5)."""
+        """GZSL column order: unseen first, then seen (docs/metrics.md §5)."""
         return self.unseen + self.seen
 
     def save(self, path):

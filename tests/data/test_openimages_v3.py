@@ -17,7 +17,7 @@ def tree(tmp_path):
 
 def imcl_reference_label(rows, labelmap, image_id):
     """IMCL's label for one image: 2*Confidence-1 at the MID's index, 0 elsewhere,
-    later rows overwriting earlier ones (written from METHODS.md §2.4)."""
+    later rows overwriting earlier ones (docs/labels_and_data.md §3)."""
     y = np.zeros(len(labelmap), np.int32)
     for img, mid, conf in rows:
         if img == image_id and mid in labelmap:

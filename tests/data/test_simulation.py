@@ -1,4 +1,4 @@
-"""Tests for mll_tf.data.simulation (METHODS.md §3.2, coco_simulation.py)."""
+"""Tests for mll_tf.data.simulation (docs/partial_labels.md §6, coco_simulation.py)."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Tests for mll_tf.losses.imcl_loss (METHODS.md §2.2)."""
+"""Tests for mll_tf.losses.imcl_loss (docs/imcl.md §3)."""
 
 import math
 import warnings

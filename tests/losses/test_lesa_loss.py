@@ -1,4 +1,4 @@
-"""Tests for mll_tf.losses.lesa_loss (METHODS.md §1.3)."""
+"""Tests for mll_tf.losses.lesa_loss (docs/lesa.md §3)."""
 
 import keras
 import numpy as np
@@ -17,7 +17,7 @@ from tests.conftest import two_cpu_strategy
 
 
 # ---------------------------------------------------------------------------
-# Independent NumPy versions, written from METHODS.md §1.3 in LESA's own
+# Independent NumPy versions, written from docs/lesa.md §3 in LESA's own
 # {+1, -1, 0} convention with explicit loops.
 # ---------------------------------------------------------------------------
 
@@ -195,7 +195,8 @@ def test_span_sum_of_squares_hand_computed():
 
 
 def test_total_weighting_matches_reference_log():
-    # NUS-WIDE released log, iteration 0 (METHODS.md §1.3):
+    # NUS-WIDE released log, iteration 0 (hbdat/cvpr20_LESA
+    # results/release_zs_NUS_WIDE_log_GPU_7_1587185916d2570488/log.csv):
     # 1.11435 + 0.1 * 0.74215 + 0.001 * 5818.378 + 0.01 * 16.5616
     # = 1.11435 + 0.074215 + 5.818378 + 0.165616 = 7.172559 ~ logged 7.17256
     total = LESALoss().weighted_total(1.11435, 0.74215, 5818.378, 16.5616)

@@ -1,4 +1,4 @@
-"""Tests for mll_tf.losses.partial (METHODS.md §3.2, §4.2)."""
+"""Tests for mll_tf.losses.partial (docs/partial_labels.md §1, §2)."""
 
 import keras
 import numpy as np
@@ -13,7 +13,7 @@ from mll_tf.losses import (
 
 # ---------------------------------------------------------------------------
 # Independent NumPy versions (float64, explicit loops) written from the
-# formulas of METHODS.md §3.2 / the ASL paper.
+# formulas of docs/partial_labels.md §1 / the ASL paper.
 # ---------------------------------------------------------------------------
 
 

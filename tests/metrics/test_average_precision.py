@@ -1,4 +1,4 @@
-"""Tests for mll_tf.metrics.average_precision (METHODS.md §6.3)."""
+"""Tests for mll_tf.metrics.average_precision (docs/metrics.md §1)."""
 
 import numpy as np
 import pytest

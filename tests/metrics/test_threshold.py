@@ -1,4 +1,4 @@
-"""Tests for mll_tf.metrics.threshold (METHODS.md §3.3, §4.3, §8 DOR-ML 1/5)."""
+"""Tests for mll_tf.metrics.threshold (docs/metrics.md §3)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Tests for mll_tf.metrics.top_k (METHODS.md §6.4)."""
+"""Tests for mll_tf.metrics.top_k (docs/metrics.md §2)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Tests for mll_tf.models.lesa.LESA (METHODS.md §1.2)."""
+"""Tests for mll_tf.models.lesa.LESA (docs/lesa.md §2)."""
 
 import keras
 import numpy as np

@@ -1,7 +1,7 @@
 """Parity of the Keras LESA model and LESALoss with an independent NumPy
-version of the reference (METHODS.md §1.2 shape flow, §1.3 losses).
+version of the reference (docs/lesa.md §2 shape flow, §3 losses).
 
-The NumPy reference below is written from METHODS.md and the structure of
+The NumPy reference below is written from docs/lesa.md and the structure of
 hbdat/cvpr20_LESA ``core/model_share_attention.py`` (``_conv``,
 ``_augment_1``/``_augment_0``, ``_attention_layer_MLP``, ``_predict_frac``,
 ``_ranking_loss``, ``_attention_distribution_soft_cardinality``,
@@ -35,7 +35,7 @@ LABELS = np.array([[1, 0, -1, 0, 1, 0, -1],
 # ---------------------------------------------------------------------------
 
 def to_reference_labels(y):
-    """METHODS.md §6.2: {1, 0, -1} -> {+1, -1, 0}: where(y < 0, 0, 2y - 1)."""
+    """docs/labels_and_data.md §1: {1, 0, -1} -> {+1, -1, 0}: where(y < 0, 0, 2y - 1)."""
     y = np.asarray(y, np.float64)
     return np.where(y < 0, 0.0, 2.0 * y - 1.0)
 
@@ -65,7 +65,7 @@ def softmax(x, axis):
 
 
 def reference_forward(features, weights, training):
-    """METHODS.md §1.2 steps 1-9 and g. Returns a dict of float64 arrays."""
+    """docs/lesa.md §2 steps 1-8 and g. Returns a dict of float64 arrays."""
     h, w = GRID
     x = features.astype(np.float64).reshape(-1, h, w, D)
     conv = conv2x2_same(x, weights["conv/kernel"])
@@ -96,7 +96,7 @@ def reference_forward(features, weights, training):
 
 
 def reference_losses(labels, out, weights=(0.1, 0.001, 0.01)):
-    """METHODS.md §1.3 on reference labels y in {+1, -1, 0}."""
+    """docs/lesa.md §3 on reference labels y in {+1, -1, 0}."""
     y = to_reference_labels(labels)
     logits = out["logits"]
     # _ranking_loss: only the columns labelled somewhere in the batch.

@@ -11,7 +11,7 @@ B, N, C, D, K = 4, 20, 6, 5, 3
 
 def np_omp(y, f, Y, F, k, lam_l, lam_f, threshold, balance=False, tol=1e-3,
            normalize=True):
-    """Straightforward per-image OMP in float64 (METHODS.md §2.2)."""
+    """Straightforward per-image OMP in float64 (docs/imcl.md §2)."""
     y, f, Y, F = (np.asarray(a, np.float64) for a in (y, f, Y, F))
     if normalize:
         den = max(lam_l, lam_f) + 1e-4

@@ -1,4 +1,4 @@
-"""Tests for mll_tf.optimizers.TF1RMSprop (METHODS.md §6.1)."""
+"""Tests for mll_tf.optimizers.TF1RMSprop (docs/lesa.md §4)."""
 
 import keras
 import numpy as np
@@ -16,7 +16,7 @@ GRADS = np.array([[0.5, -1.0],
 
 def np_tf1_rmsprop(var, grads, lrs, rho=0.9, momentum=0.9, eps=1.0,
                    ms0=1.0):
-    """TF1 RMSPropOptimizer in float64, written from METHODS.md §6.1."""
+    """TF1 RMSPropOptimizer in float64, written from docs/lesa.md §4."""
     var = np.asarray(var, np.float64).copy()
     ms = np.full_like(var, ms0)
     mom = np.zeros_like(var)
@@ -109,7 +109,7 @@ def test_first_step_contrast_with_plain_keras():
     #   g = 0.5  -> sqrt(1.925 / 1.025) = 1.3704192
     #   g = -1   -> sqrt(2.0 / 1.1)     = 1.3483997
     # and for g -> 0 it tends to sqrt(1.9) = 1.3784049 (< sqrt(2), the
-    # bound of METHODS.md §6.1 for rho -> 1).
+    # bound for rho -> 1).
     lr = 0.1
     grads = np.array([[0.5, -1.0]], np.float32)
     tf1 = VAR0 - _run(TF1RMSprop(lr), grads, [lr])[0]

@@ -1,4 +1,4 @@
-"""Tests for mll_tf.training.priors (METHODS.md §3.2 ComputePrior, §8 CSL 6)."""
+"""Tests for mll_tf.training.priors (CSL ComputePrior; docs/partial_labels.md §1, §8)."""
 
 import numpy as np
 import pytest

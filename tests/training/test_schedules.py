@@ -1,4 +1,4 @@
-"""Tests for mll_tf.training.schedules (METHODS.md §1.4, §2.3)."""
+"""Tests for mll_tf.training.schedules (docs/lesa.md §4, docs/imcl.md §5)."""
 
 import json
 import math

@@ -16,7 +16,7 @@ per-image annotations without ever holding a dense ``[N, C]`` matrix:
   three columns, categorical dtypes. Memory is about 9 bytes per kept
   annotation plus one Python string per image.
 
-Label convention (mll_tf, METHODS.md §6.2): ``Confidence 1 -> 1`` (present),
+Label convention (mll_tf, docs/labels_and_data.md §1): ``Confidence 1 -> 1`` (present),
 ``Confidence 0 -> 0`` (verified absent), never annotated ``-> -1`` (unknown).
 This equals ``from_pm1`` of the references' ``2*Confidence - 1`` vectors with
 ``0`` for "not annotated" (IMCL ``extract_feature_2_TFRecords_OpenImages.py``).

@@ -11,14 +11,14 @@ Layout (the official one, ``root`` is user supplied; nothing is downloaded)::
 
 Label vocabularies:
 
-* ``vocab="instances"`` (default, CSL/ASL, METHODS.md §3): the 80 object
+* ``vocab="instances"`` (default, CSL/ASL): the 80 object
   categories. COCO category ids run from 1 to 90 with gaps (ids 12, 26, 29,
   30, 45, 66, 68, 69, 71, 83 are unused); column ``c`` is the ``c``-th
   category sorted by id, named as in the json (``person``, ``bicycle``, ...).
   This is the row order of CSL's ``prior_fpc_1000.csv`` (person first). An
   image is 1 for a class if it has any instance of it, else 0; images without
   any annotation are kept, all negative.
-* ``vocab="captions"`` (IMCL's MS-COCO-1k, METHODS.md §2.1/§2.4): the
+* ``vocab="captions"`` (IMCL's MS-COCO-1k, docs/imcl.md §1): the
   ``caption_vocab_size`` (default 1000) most frequent words of the
   ``captions_train2014.json`` captions. Captions are lower-cased and cut into
   alphanumeric tokens (``[a-z0-9]+``); the function words of

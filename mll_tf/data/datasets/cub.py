@@ -1,4 +1,4 @@
-"""CUB-200-2011 with its 312 binary attributes as labels (IMCL, METHODS.md §2.1).
+"""CUB-200-2011 with its 312 binary attributes as labels (IMCL, docs/imcl.md §1).
 
 Official layout (``CUB_200_2011.tgz`` extracted into ``root``)::
 

@@ -1,8 +1,7 @@
 """Fashion-MNIST 2x2 composites: real items, multi-label, complete ground truth.
 
 Source: Debian ``dataset-fashion-mnist`` (MIT licence), the official
-Fashion-MNIST files as gzip IDX under ``/usr/share/datasets/fashion-mnist/``
-(OFFLINE_DATA.md §7.2)::
+Fashion-MNIST files as gzip IDX under ``/usr/share/datasets/fashion-mnist/``::
 
     train-images-idx3-ubyte.gz  60000 x 28 x 28 uint8   (magic 0x00000803)
     train-labels-idx1-ubyte.gz  60000 uint8 in [0, 10)  (magic 0x00000801)
@@ -16,7 +15,7 @@ Each composite is a 56 x 56 grayscale image made of a 2 x 2 grid of 28 x 28
 cells holding one to four real items; empty cells are black (0, the
 Fashion-MNIST background). The labels are COMPLETE: 1 for every class with
 an item in the grid, 0 for every other class (never -1). Hiding labels later
-simulates partial labels with a known answer (CSL's FPC/RPS, METHODS.md §3.2).
+simulates partial labels with a known answer (CSL's FPC/RPS, docs/partial_labels.md §6).
 
 Determinism (everything follows from ``seed``):
 

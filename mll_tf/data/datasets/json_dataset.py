@@ -1,4 +1,4 @@
-"""Multi-label datasets in DOR-ML's json format (METHODS.md §4.4).
+"""Multi-label datasets in DOR-ML's json format (docs/labels_and_data.md §3).
 
 Layout: ``<root>/{train,val,test}.json`` (whichever exist, at least one),
 each::
@@ -73,7 +73,7 @@ def _load(path):
 
 @register_dataset("json")
 class JSONDataset:
-    """Adapter for DOR-ML json annotations (METHODS.md §4.4).
+    """Adapter for DOR-ML json annotations (docs/labels_and_data.md §3).
 
     Args:
         root: str, folder holding ``train.json`` / ``val.json`` /

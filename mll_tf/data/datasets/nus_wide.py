@@ -1,6 +1,6 @@
 """NUS-WIDE in LESA's zero-shot protocol: 925 seen Flickr tags, 81 unseen concepts.
 
-Official layout under ``root`` (METHODS.md §1.1, §1.5, §6.5)::
+Official layout under ``root`` (docs/labels_and_data.md §3, docs/lesa.md §5)::
 
     ImageList/Imagelist.txt        all 269,648 images, one path per line
                                    (``C:\\ImageData\\Flickr\\actor\\0001_2124494179.jpg``)
@@ -22,9 +22,9 @@ a file name, the later one wins (the reference builds a dict); the number of
 such names is reported in ``extra["duplicate_file_names"]``. The image itself
 is read from ``Flickr/<entry of the train/test list>``.
 
-Labels (int8, METHODS.md §6.2 internal convention), columns
+Labels (int8, mll_tf convention of docs/labels_and_data.md §1), columns
 ``[81 concepts (Concepts81.txt order), 925 seen tags (TagList1k.txt order)]``
-(GZSL order, unseen first, METHODS.md §6.5):
+(GZSL order, unseen first, docs/metrics.md §5):
 
 * concepts: ``Labels_<concept>.txt`` 1 -> 1, 0 -> 0 (human labels);
 * seen tags: ``AllTags1k.txt`` 1 -> 1, 0 -> 0. A missing tag is *absent*
@@ -168,7 +168,7 @@ def read_binary_table(path, num_cols):
 
 @register_dataset("nus_wide")
 class NUSWIDE:
-    """Adapter for NUS-WIDE in LESA's zero-shot protocol (METHODS.md §1.1, §1.5, §6.5).
+    """Adapter for NUS-WIDE in LESA's zero-shot protocol (docs/lesa.md §5).
 
     Args:
         root: str, the NUS-WIDE folder in the official layout (module doc);

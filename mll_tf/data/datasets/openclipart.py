@@ -2,8 +2,8 @@
 
 Layout: ``<root>/<category>/.../*.svg`` (root ``/usr/share/openclipart/svg``,
 8121 SVG files, public domain). Each SVG carries its own keywords in its
-metadata as ``<dc:subject><rdf:Bag><rdf:li>tag</rdf:li>...`` (OFFLINE_DATA.md
-§7.1). Those tags are the labels. They are noisy and incomplete, like the
+metadata as ``<dc:subject><rdf:Bag><rdf:li>tag</rdf:li>...``.
+Those tags are the labels. They are noisy and incomplete, like the
 Flickr tags NUS-WIDE's 925 seen labels are made of: a missing tag is recorded
 as ``0`` (absent), not as unknown, exactly as LESA treats Flickr tags.
 

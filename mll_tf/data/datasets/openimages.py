@@ -2,7 +2,7 @@
 
 Layout under ``root`` (hbdat/cvpr20_LESA ``extract_data/extract_images_VGG_feature_2_TFRecord.py``,
 ``extract_test_seen_unseen_images_VGG_feature_2_TFRecord.py``, ``data/OpenImages/2018_04/``;
-METHODS.md §1.5, §1.6, §6.5)::
+docs/labels_and_data.md §3, docs/lesa.md §5)::
 
     2018_04/classes-trainable.txt     7186 seen MIDs, one per line (column order of the seen labels)
     2018_04/unseen_labels.pkl         pickled numpy object array of the 2594 unseen MIDs
@@ -16,9 +16,9 @@ METHODS.md §1.5, §1.6, §6.5)::
 ``meta_dir`` and ``image_dir`` (a template with ``{split}`` = ``train``,
 ``validation`` or ``test``) are options, relative to ``root`` or absolute.
 
-Labels (int8, METHODS.md §6.2): Confidence 1 -> 1, 0 -> 0, not annotated
+Labels (int8, docs/labels_and_data.md §1): Confidence 1 -> 1, 0 -> 0, not annotated
 -> -1; columns ``[2594 unseen (pickle order), 7186 seen (classes-trainable
-order)]`` (unseen first, METHODS.md §6.5). A (image, MID) pair annotated
+order)]`` (unseen first, docs/metrics.md §5). A (image, MID) pair annotated
 twice keeps the later row (the reference assigns in file order). A row whose
 MID is in neither list is ignored and counted (``extra["unknown_mid_rows"]``).
 
@@ -29,7 +29,7 @@ What the reference does, and what this adapter does:
   annotated; with ``drop_unseen_train_val=True`` they are all -1, exactly as
   the reference. Zero-shot training must use only the seen columns.
 * train: the reference skips, batch by batch, images without a positive
-  seen label (``mask = sum(labels > 0) > 0``, METHODS.md §1.4, issue #2);
+  seen label (``mask = sum(labels > 0) > 0``, hbdat/cvpr20_LESA issue #2);
   here such images are left out of ``train`` (counted in
   ``extra["train_images_without_positive_seen"]``, not listed as skipped).
 * images: the reference keeps the images of the CSV whose file exists, in
@@ -38,7 +38,7 @@ What the reference does, and what this adapter does:
 * test: seen and unseen columns (reference ``seen_label``/``unseen_label``);
   ``extra["label_split"]["unseen_eval"]`` holds the 400 evaluated unseen
   MIDs in ``top_400_unseen.csv`` order (the reference gathers them in that
-  order for ZSL/GZSL evaluation, METHODS.md §1.6).
+  order for ZSL/GZSL evaluation, docs/lesa.md §5).
 
 Memory (the real train CSV has ≈ 28M rows for ≈ 5.5M images): the CSVs are
 streamed with pandas in chunks of ``chunk_rows`` rows (≈ 100 MB per 1M-row
@@ -272,7 +272,7 @@ class SparseImageRecord(ImageRecord):
 
 @register_dataset("openimages")
 class OpenImages:
-    """Adapter for Open Images 2018_04, LESA's protocol (METHODS.md §1.5, §1.6, §6.5, §8, §9).
+    """Adapter for Open Images 2018_04, LESA's protocol (docs/lesa.md §5 and §6).
 
     Args:
         root: str, dataset folder (module doc); default ``data/OpenImages``.

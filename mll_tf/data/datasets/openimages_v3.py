@@ -1,4 +1,4 @@
-"""OpenImages v3 ("2017_11") with 5000 trainable classes (IMCL, METHODS.md §2.1, §2.4).
+"""OpenImages v3 ("2017_11") with 5000 trainable classes (IMCL, docs/labels_and_data.md §3).
 
 Layout under ``root`` (IMCL keeps ``data/2017_11/`` and
 ``image_data/OpenImages/<split>/``; pass ``image_dirs`` to match that):

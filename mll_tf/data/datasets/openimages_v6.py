@@ -1,4 +1,4 @@
-"""OpenImages V6 with human-verified image-level labels (CSL, METHODS.md §3).
+"""OpenImages V6 with human-verified image-level labels (CSL, docs/labels_and_data.md §3).
 
 Official file names (storage.googleapis.com/openimages/v6 and /v5), all
 directly under ``root`` by default:
@@ -19,7 +19,7 @@ directly under ``root`` by default:
 
 Label CSVs have the header ``ImageID,Source,LabelName,Confidence``; labels are
 ``Confidence 1 -> 1``, ``0 -> 0`` and never annotated ``-> -1``, CSL's own
-target convention (METHODS.md §3.2; CSL issue #1: "a few positives and
+target convention (docs/labels_and_data.md §1; CSL issue #1: "a few positives and
 negatives per image, the rest unknown"). Images are listed only if they appear
 in their split's CSV; with ``drop_empty=True`` (default) images none of whose
 rows is in the class list are dropped as well (they carry no label; the LESA
@@ -27,7 +27,7 @@ OpenImages pipeline does the same, LESA issue #2). Rows with a MID outside the
 class list are ignored and counted.
 
 Class order: CSL's released checkpoints carry their own ``idx_to_class``
-(9605 classes, METHODS.md §3.1); pass it as ``classes=[...]`` so columns match
+(9605 classes); pass it as ``classes=[...]`` so columns match
 the checkpoint's outputs. ``data/oidv6-class-descriptions.csv`` of the CSL
 repository is the full description list (19,994 MIDs), not the 9605-class
 order; pass ``classes_file="oidv6-class-descriptions.csv"`` to use all of it.

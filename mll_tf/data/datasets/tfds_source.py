@@ -11,7 +11,7 @@ What :meth:`TFDSDataset.prepare` does, deterministically:
    downloads unless ``download=True``: the dataset must already be prepared
    in ``data_dir`` (``tfds build voc/2007 --data_dir DIR`` where the internet
    is reachable, then copy ``DIR``). ``tfds.load`` of a catalog dataset hangs
-   for minutes offline (OFFLINE_DATA.md §1).
+   for minutes offline.
 2. Label vocabulary = the names of the dataset's ``ClassLabel`` feature, the
    first of ``objects/label`` (detection sets: VOC, COCO), ``labels``
    (``Sequence(ClassLabel)``) or ``label`` (``ClassLabel``), or ``label_key``.
