@@ -136,7 +136,9 @@ def make_openimages_tree(root, unseen_format="pkl"):
     """Open Images 2018_04 layout: 6 seen, 4 unseen (2 evaluated), 13 images.
 
     Train CSV (images A..F): A seen positive (+ an unseen positive); B a
-    repeated (image, MID) pair (the later row, 1, wins); C only a negative
+    repeated (image, MID) pair given 1, then 0 (a positive wins: 1, although
+    the later row says 0 -- the one rule of every OpenImages adapter,
+    independent of row order); C only a negative
     and D only an unseen positive (both left out of train: no positive seen
     label); E missing file; F with one row of an unknown MID (ignored).
     Validation keeps images without positives; test has seen and unseen
@@ -164,7 +166,7 @@ def make_openimages_tree(root, unseen_format="pkl"):
     G, H, I_ = (_oi_id(i) for i in range(10, 13))
     J, K, L, M = (_oi_id(i) for i in range(20, 24))
     rows = {
-        "train": [(A, s[0], 1), (A, s[1], 0), (B, s[2], 0), (A, u[0], 1), (B, s[2], 1),
+        "train": [(A, s[0], 1), (A, s[1], 0), (B, s[2], 1), (A, u[0], 1), (B, s[2], 0),
                   (B, s[3], 1), (C, s[4], 0), (D, u[1], 1), (E, s[5], 1), (F, s[1], 1),
                   (F, "/m/0bogus", 1)],
         "validation": [(G, s[0], 1), (H, s[1], 0), (I_, u[2], 1), (I_, s[3], 0)],
@@ -196,7 +198,7 @@ def make_openimages_tree(root, unseen_format="pkl"):
             rid[i] = f"image_data/{name}/{i}.jpg"
     labels = {
         rid[A]: lab(**{"0s01": 1, "0s02": 0, "0u01": 1}),
-        rid[B]: lab(**{"0s03": 1, "0s04": 1}),
+        rid[B]: lab(**{"0s03": 1, "0s04": 1}),        # 0s03: rows 1 then 0, a positive wins
         rid[F]: lab(**{"0s02": 1}),
         rid[G]: lab(**{"0s01": 1}), rid[H]: lab(**{"0s02": 0}),
         rid[I_]: lab(**{"0u03": 1, "0s04": 0}),
@@ -214,6 +216,7 @@ def make_openimages_tree(root, unseen_format="pkl"):
         "labels": labels,
         "unknown_mid_rows": {"train": 1, "val": 0, "test": 0},
         "duplicate_rows": {"train": 1, "val": 0, "test": 0},
+        "conflicting_pairs": {"train": 1, "val": 0, "test": 0},
         "train_images_without_positive_seen": 2,   # C and D
         "meta_dir": meta,
     }

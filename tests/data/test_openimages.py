@@ -50,12 +50,34 @@ def test_prepare_labels_splits_and_extras(oi):
     assert e["unknown_mid_rows"] == exp["unknown_mid_rows"]
     assert e["unknown_mid_examples"] == ["/m/0bogus"]
     assert e["duplicate_rows"] == exp["duplicate_rows"]
+    assert e["conflicting_pairs"] == exp["conflicting_pairs"] and e["conflict"] == "positive"
     assert e["train_images_without_positive_seen"] == exp["train_images_without_positive_seen"]
     assert e["labels_without_description"] == 0
     for s, recs in p.splits.items():
         want = np.sum([np.array(exp["labels"][r.image_id]) == 1 for r in recs], axis=0)
         assert [e["label_counts_by_split"][s][n] for n in p.label_names] == want.tolist()
     json.dumps(e)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4, 1_000_000])
+def test_conflicting_rows_positive_wins_in_any_order(oi, chunk_rows):
+    # Image B's pair (B, /m/0s03) is given 1, then 0. This adapter used to keep the later
+    # row (0, as the LESA extraction assigns rows in file order); now a positive wins, the
+    # one rule of every OpenImages adapter (openimages, openimages_v3, openimages_v6),
+    # independent of row order and of chunking: reversing the CSV changes nothing.
+    root, exp = oi
+    b = exp["splits"]["train"][1]
+    csv_path = os.path.join(exp["meta_dir"], "train-annotations-human-imagelabels.csv")
+    header, *rows = open(csv_path).read().splitlines(keepends=True)
+    for data in (rows, rows[::-1]):
+        with open(csv_path, "w") as f:
+            f.write(header + "".join(data))
+        p = OpenImages(root=root, splits=["train"], chunk_rows=chunk_rows).prepare()
+        got = {r.image_id: r.labels.tolist() for r in p.splits["train"]}
+        assert got == {i: exp["labels"][i] for i in exp["splits"]["train"]}
+        assert got[b][p.label_names.index("/m/0s03")] == 1
+        assert p.extra["duplicate_rows"]["train"] == 1
+        assert p.extra["conflicting_pairs"]["train"] == 1
 
 
 def test_sparse_record_pickles_dense(oi):

@@ -1,4 +1,4 @@
-"""Shared readers for the OpenImages adapters (v3 "2017_11" and V6).
+"""Shared readers for the OpenImages adapters (2018_04 ``openimages``, v3 "2017_11", V6).
 
 OpenImages ships its labels as CSV files; this module turns them into sparse
 per-image annotations without ever holding a dense ``[N, C]`` matrix:
@@ -7,23 +7,39 @@ per-image annotations without ever holding a dense ``[N, C]`` matrix:
   one MID per line, read by :func:`read_class_list` (a ``MID,name`` CSV is
   accepted too; its first column is used).
 * **Class descriptions** (``class-descriptions.csv`` without header in
-  2017_11, ``oidv6-class-descriptions.csv`` with the header
+  2017_11 and 2018_04, ``oidv6-class-descriptions.csv`` with the header
   ``LabelName,DisplayName`` in V6): ``MID -> display name``, read by
   :func:`read_class_descriptions`.
 * **Human-verified image-level labels** (``ImageID,Source,LabelName,
   Confidence``; tens of millions of rows for the train split), streamed by
   :func:`read_human_image_labels` with ``pandas.read_csv`` in chunks, only
-  three columns, categorical dtypes. Memory is about 9 bytes per kept
-  annotation plus one Python string per image.
+  three columns, into an :class:`ImageLabelTable` (CSR).
+  Memory while parsing is about 9 bytes per kept row plus one Python string
+  per image; the table keeps about 3 bytes per annotation and the ImageIDs as
+  one ``S`` array.
 
 Label convention (mll_tf, docs/labels_and_data.md §1): ``Confidence 1 -> 1`` (present),
 ``Confidence 0 -> 0`` (verified absent), never annotated ``-> -1`` (unknown).
 This equals ``from_pm1`` of the references' ``2*Confidence - 1`` vectors with
-``0`` for "not annotated" (IMCL ``extract_feature_2_TFRecords_OpenImages.py``).
+``0`` for "not annotated" (IMCL ``extract_feature_2_TFRecords_OpenImages.py``,
+hbdat/cvpr20_LESA ``extract_data/extract_images_VGG_feature_2_TFRecord.py``).
+
+Repeated rows -- one rule for every OpenImages adapter (``openimages``,
+``openimages_v3``, ``openimages_v6``; docs/labels_and_data.md §3): rows that
+repeat an (image, class) pair are merged into one label and counted
+(``duplicate_rows``); when they disagree (Confidence 1 and 0), **a positive
+wins**: the label is 1 if any row says the image contains the class. The
+result does not depend on row order or on chunking; such pairs are counted
+(``conflicting_pairs``). The v3 / V6 adapters can choose another outcome with
+``conflict="negative"`` or ``"unknown"``; ``openimages`` always uses this
+rule. (The references assign rows in file order, so there the later row wins:
+hbdat/cvpr20_LESA's and IMCL's OpenImages extraction scripts; the OpenImages
+loader of Alibaba-MIIL/PartialLabelingCSL is not published.)
 
 Dense vectors are materialised only when a record's ``labels`` is read (see
-:class:`SparseLabelRecord`), so a 1.7M-image, 9605-class train split costs
-memory proportional to its annotations, not 16 GB.
+:class:`SparseLabelRecord`): a record holds a reference to its split's table
+and a row index, so a 5.5M-image, 9780-class train split costs memory
+proportional to its annotations, not 54 GB.
 """
 
 import collections
@@ -164,12 +180,14 @@ class ImageLabelTable:
     """Sparse human-verified labels of one split, in CSR layout.
 
     Attributes:
-        image_ids: list of N str, in order of first appearance in the CSV
-            (every ImageID of the CSV, even those with only ignored rows).
+        image_ids: numpy ``S`` (ASCII ImageIDs, 1 byte per character) or
+            ``U`` array of N ImageIDs, in order of first appearance in the
+            CSV (every ImageID of the CSV, even those with only ignored rows);
+            :meth:`image_id` returns one as str.
         indptr: int64 ``[N + 1]``; image i owns entries
             ``indptr[i]:indptr[i+1]``.
-        classes: int32 ``[nnz]`` column indices in ``[0, C)``, sorted within
-            each image.
+        classes: int16 (int32 if C > 32767) ``[nnz]`` column indices in
+            ``[0, C)``, sorted within each image.
         values: int8 ``[nnz]`` in {0, 1} (1 present, 0 absent).
         num_classes: int C.
         stats: dict of ints: ``rows`` (data rows read), ``ignored_rows`` (MID
@@ -177,9 +195,10 @@ class ImageLabelTable:
             ``duplicate_rows`` (rows repeating an (image, class) pair),
             ``conflicting_pairs`` (pairs verified both 1 and 0),
             ``images``, ``images_without_class_labels``; plus ``conflict``
-            (the policy, str) and ``path``.
+            (the policy, str), ``path`` and ``ignored_mid_examples`` (the
+            first 10 distinct ignored MIDs, in file order).
     """
-    image_ids: list
+    image_ids: np.ndarray
     indptr: np.ndarray
     classes: np.ndarray
     values: np.ndarray
@@ -189,12 +208,31 @@ class ImageLabelTable:
     def __len__(self):
         return len(self.image_ids)
 
+    def image_id(self, i):
+        """ImageID of image ``i`` (str)."""
+        v = self.image_ids[i]
+        return v.decode("ascii") if isinstance(v, bytes) else str(v)
+
     def dense(self, i):
         """Labels of image ``i``: int8 ``[C]`` in {1, 0, -1}."""
         y = np.full(self.num_classes, -1, np.int8)
         s, e = self.indptr[i], self.indptr[i + 1]
         y[self.classes[s:e]] = self.values[s:e]
         return y
+
+    def entries_per_image(self, mask):
+        """int64 ``[N]``: per image, how many of its entries have ``mask`` (bool ``[nnz]``) set."""
+        c = np.zeros(len(mask) + 1, np.int64)
+        np.cumsum(mask, out=c[1:])
+        return c[self.indptr[1:]] - c[self.indptr[:-1]]
+
+    def drop_entries(self, mask):
+        """A new table without the entries where ``mask`` (bool ``[nnz]``) is set (they become -1)."""
+        keep = ~np.asarray(mask, bool)
+        c = np.zeros(len(keep) + 1, np.int64)
+        np.cumsum(keep, out=c[1:])
+        return dataclasses.replace(self, indptr=c[self.indptr], classes=self.classes[keep],
+                                   values=self.values[keep], stats=dict(self.stats))
 
     def entry_counts(self, rows=None):
         """Per-class ``(positives, negatives)``, two int64 ``[C]`` arrays.
@@ -215,19 +253,43 @@ class ImageLabelTable:
 
 
 def _read_header(path):
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        try:
-            header = next(csv.reader(f))
-        except StopIteration:
-            raise ValueError(f"{path}: empty file; expected the header "
-                             "'ImageID,Source,LabelName,Confidence'") from None
-    header = [h.strip() for h in header]
+    """The CSV's column names (read by pandas, so ``.gz``/``.zip`` files work too)."""
+    import pandas as pd
+
+    try:
+        header = [str(c) for c in pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns]
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: empty file; expected the header "
+                         "'ImageID,Source,LabelName,Confidence'") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: malformed CSV: {e}") from e
     missing = [c for c in LABEL_COLUMNS if c not in header]
     if missing:
-        raise ValueError(f"{path}: header {header} lacks column(s) {missing}; expected "
-                         "'ImageID,Source,LabelName,Confidence' "
-                         "(human-verified image-level labels)")
+        raise ValueError(f"{path}: header {header} lacks column(s) {missing}; need columns "
+                         f"{','.join(LABEL_COLUMNS)} (human-verified image-level labels, header "
+                         "'ImageID,Source,LabelName,Confidence')")
     return header
+
+
+def _factorize(column):
+    """``(codes, names)``: codes into the distinct values in order of first appearance,
+    stripped str, plus ``""`` last (code -1, a missing cell, indexes it)."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(column)
+    return codes, [str(c).strip() for c in uniques] + [""]
+
+
+def _bad_row_message(path, line, row, image_empty, label_empty):
+    where = f"{path}: line {line}: "
+    if image_empty:
+        return (where + f"empty ImageID (LabelName={row['LabelName']!r}, "
+                f"Confidence={row['Confidence']!r})")
+    if label_empty:
+        return (where + f"empty LabelName (ImageID={row['ImageID']!r}, "
+                f"Confidence={row['Confidence']!r})")
+    return (where + f"Confidence {row['Confidence']!r} is not 0 or 1 "
+            f"(ImageID={row['ImageID']!r}, LabelName={row['LabelName']!r})")
 
 
 def read_human_image_labels(path, class_index, *, conflict="positive", chunksize=1_000_000):
@@ -235,26 +297,29 @@ def read_human_image_labels(path, class_index, *, conflict="positive", chunksize
 
     Args:
         path: str, CSV with header ``ImageID,Source,LabelName,Confidence``
-            (other columns are ignored; ``.gz``/``.zip`` are decompressed by
-            pandas).
+            (other columns are ignored; a UTF-8 BOM is allowed; ``.gz``/``.zip``
+            are decompressed by pandas). Surrounding spaces of ImageID,
+            LabelName and Confidence are ignored; ``Confidence`` may be
+            written ``1``/``0`` or ``1.0``/``0.0``.
         class_index: dict MID -> column index in ``[0, C)``; C is
             ``max + 1``. Rows whose MID is not a key are ignored and counted.
         conflict: str, what an (image, class) pair verified both 1 and 0 by
-            different rows becomes: ``"positive"`` (default: a human saw the
-            object at least once, so 1 wins), ``"negative"`` (0 wins) or
-            ``"unknown"`` (the pair is dropped, i.e. -1). Exact duplicates are
-            merged silently; both are counted in ``stats``. (IMCL keeps the
-            last row in file order; CSL's loader is not published.)
-        chunksize: int, rows per pandas chunk (bounds the parsing memory).
+            different rows becomes: ``"positive"`` (default, the rule of every
+            OpenImages adapter -- see the module docstring: a positive wins,
+            whatever the row order), ``"negative"`` (0 wins) or ``"unknown"``
+            (the pair is dropped, i.e. -1). Exact duplicates are merged; both
+            are counted in ``stats``.
+        chunksize: int, rows per pandas chunk (bounds the parsing memory; the
+            result does not depend on it).
 
     Returns:
         :class:`ImageLabelTable`.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: naming the file, for a bad header, a malformed CSV, or
-            (with the line, ImageID and LabelName) an empty ImageID/LabelName
-            or a Confidence other than 0 or 1.
+        ValueError: naming the file, for a bad header (missing columns) or a
+            malformed CSV, or, with the line, ImageID and LabelName, for an
+            empty ImageID or LabelName or a Confidence other than 0 or 1.
     """
     import pandas as pd
 
@@ -266,39 +331,48 @@ def read_human_image_labels(path, class_index, *, conflict="positive", chunksize
     image_pos = {}
     imgs, clss, vals = [], [], []
     rows = ignored_rows = 0
-    ignored_mids = set()
+    ignored_mids, ignored_examples = set(), []
+    # read as str (a category dtype would turn an all-digit ImageID such as "0012" into 12)
     reader = pd.read_csv(
-        path, usecols=list(LABEL_COLUMNS), chunksize=chunksize,
-        dtype={"ImageID": "category", "LabelName": "category", "Confidence": "float32"})
+        path, usecols=list(LABEL_COLUMNS), chunksize=chunksize, encoding="utf-8-sig",
+        keep_default_na=False, dtype=str)
     try:
         for chunk in reader:
             n = len(chunk)
-            first_line = int(chunk.index[0]) + 2 if n else 0  # +1 header, +1 one-based
-            img_codes = chunk["ImageID"].cat.codes.to_numpy()
-            lab_codes = chunk["LabelName"].cat.codes.to_numpy()
-            conf = chunk["Confidence"].to_numpy()
-            bad = (img_codes < 0) | (lab_codes < 0) | ~((conf == 0) | (conf == 1))
+            if not n:
+                continue
+            first_line = int(chunk.index[0]) + 2  # +1 header, +1 one-based
+            img_codes, img_names = _factorize(chunk["ImageID"])
+            lab_codes, lab_names = _factorize(chunk["LabelName"])
+            conf_codes, conf_names = _factorize(chunk["Confidence"])
+            conf_num = pd.to_numeric(pd.Series(conf_names, dtype=object),
+                                     errors="coerce").to_numpy(np.float64)
+            conf = np.where(conf_num == 1, 1, np.where(conf_num == 0, 0, -1)).astype(np.int8)
+            conf = conf[conf_codes]                    # code -1 (missing) -> last entry -> -1
+            img_empty = np.array([s == "" for s in img_names])[img_codes]
+            lab_empty = np.array([s == "" for s in lab_names])[lab_codes]
+            bad = img_empty | lab_empty | (conf < 0)
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
-                r = chunk.iloc[i]
-                raise ValueError(
-                    f"{path}: line {first_line + i}: bad row (ImageID={r['ImageID']!r}, "
-                    f"LabelName={r['LabelName']!r}, Confidence={r['Confidence']!r}); "
-                    "need a non-empty ImageID and LabelName and Confidence 0 or 1")
-            cats = chunk["ImageID"].cat.categories
-            gid = np.fromiter((image_pos.setdefault(c, len(image_pos)) for c in cats),
-                              np.int64, len(cats))
-            lab_cats = chunk["LabelName"].cat.categories
-            lmap = np.fromiter((class_index.get(m, -1) for m in lab_cats), np.int64, len(lab_cats))
+                raise ValueError(_bad_row_message(path, first_line + i, chunk.iloc[i],
+                                                  img_empty[i], lab_empty[i]))
+            # global image indices, in order of first appearance
+            gid = np.fromiter((image_pos.setdefault(m, len(image_pos)) for m in img_names[:-1]),
+                              np.int64, len(img_names) - 1)
+            lmap = np.array([class_index.get(m, -1) for m in lab_names], np.int64)
             cls = lmap[lab_codes]
             keep = cls >= 0
             rows += n
             if not keep.all():
                 ignored_rows += int((~keep).sum())
-                ignored_mids.update(lab_cats[np.unique(lab_codes[~keep])].tolist())
+                for c in np.unique(lab_codes[~keep]).tolist():   # codes are in file order
+                    m = lab_names[c]
+                    if m not in ignored_mids and len(ignored_examples) < 10:
+                        ignored_examples.append(m)
+                    ignored_mids.add(m)
             imgs.append(gid[img_codes[keep]].astype(np.int32))
             clss.append(cls[keep].astype(np.int32))
-            vals.append(conf[keep].astype(np.int8))
+            vals.append(conf[keep])
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: malformed CSV: {e}") from e
     except ValueError as e:
@@ -335,11 +409,19 @@ def read_human_image_labels(path, class_index, *, conflict="positive", chunksize
     uimg = ukey // max(num_classes, 1)
     indptr = np.zeros(n_images + 1, np.int64)
     np.cumsum(np.bincount(uimg, minlength=n_images), out=indptr[1:])
+    del uimg
+    image_ids = list(image_pos)
+    del image_pos
+    try:
+        image_ids = np.array(image_ids, dtype="S")     # ImageIDs are ASCII hex: 1 B/char
+    except UnicodeEncodeError:
+        image_ids = np.array(image_ids, dtype="U")
     stats = {
         "path": os.path.abspath(path),
         "rows": rows,
         "ignored_rows": ignored_rows,
         "ignored_mids": len(ignored_mids),
+        "ignored_mid_examples": ignored_examples,
         "duplicate_rows": int(rows - ignored_rows - len(starts)),
         "conflicting_pairs": int(conflicted.sum()),
         "conflict": conflict,
@@ -347,9 +429,26 @@ def read_human_image_labels(path, class_index, *, conflict="positive", chunksize
         "images_without_class_labels": int(np.sum(np.diff(indptr) == 0)),
     }
     return ImageLabelTable(
-        image_ids=list(image_pos), indptr=indptr,
-        classes=(ukey % max(num_classes, 1)).astype(np.int32), values=uval.astype(np.int8),
-        num_classes=num_classes, stats=stats)
+        image_ids=image_ids, indptr=indptr,
+        classes=(ukey % max(num_classes, 1)).astype(np.int16 if num_classes <= 32767 else np.int32),
+        values=uval.astype(np.int8), num_classes=num_classes, stats=stats)
+
+
+class _SplitImages:
+    """What the records of one split share: its table, image folder and naming."""
+
+    __slots__ = ("table", "image_dir", "id_prefix", "ext")
+
+    def __init__(self, table, image_dir, id_prefix, ext):
+        self.table, self.image_dir, self.id_prefix, self.ext = table, image_dir, id_prefix, ext
+
+    def image_id(self, row):
+        if self.id_prefix is None:
+            return self.table.image_id(row)
+        return self.id_prefix + self.table.image_id(row) + self.ext
+
+    def path(self, row):
+        return os.path.join(self.image_dir, self.table.image_id(row) + self.ext)
 
 
 class SparseLabelRecord(ImageRecord):
@@ -359,10 +458,16 @@ class SparseLabelRecord(ImageRecord):
     present, 0 absent, -1 unknown) from the annotated entries, so millions of
     records cost memory proportional to their annotations. Mutating the
     returned array therefore has no effect; assign a new array instead
-    (``record.labels = y``), which is then stored densely.
+    (``record.labels = y``), which is then stored densely. Records made by
+    :func:`build_split_records` hold only a reference to their split's
+    :class:`ImageLabelTable` and a row index (``image_id`` and ``path`` are
+    computed on access; about 140 bytes per record). A record pickles (and
+    deep-copies) as a plain :class:`~mll_tf.data.adapter.ImageRecord` with
+    dense labels.
 
     Args:
-        image_id: str, the OpenImages ImageID.
+        image_id: str, the record's id (the OpenImages ImageID, or for the
+            ``openimages`` adapter the image path relative to the root).
         path: str, absolute image path.
         labels: optional dense int8 ``[C]`` (makes the record dense).
         classes: int ``[k]`` column indices of the annotated entries.
@@ -370,27 +475,67 @@ class SparseLabelRecord(ImageRecord):
         num_classes: int C.
     """
 
+    # table-backed records (build_split_records) hold only _split and _row; explicit
+    # fields (constructor, assignments) live in the dict _own
+    __slots__ = ("_split", "_row", "_own")
+
     def __init__(self, image_id, path, labels=None, *, classes=None, values=None, num_classes=None):
-        self.image_id = image_id
-        self.path = path
-        self._dense = None if labels is None else np.asarray(labels, np.int8)
-        self._classes = classes
-        self._values = values
-        self._num_classes = num_classes
-        if self._dense is None and (classes is None or values is None or num_classes is None):
+        if labels is None and (classes is None or values is None or num_classes is None):
             raise ValueError("SparseLabelRecord needs labels, or classes + values + num_classes")
+        self._split = self._row = None
+        self._own = {"image_id": image_id, "path": path,
+                     "sparse": (classes, values, num_classes)}
+        if labels is not None:
+            self._own["labels"] = np.asarray(labels, np.int8)
+
+    @classmethod
+    def _of_split(cls, split, row):
+        r = cls.__new__(cls)
+        r._split, r._row, r._own = split, row, None
+        return r
+
+    def _set(self, key, value):
+        if self._own is None:
+            self._own = {}
+        self._own[key] = value
+
+    @property
+    def image_id(self):
+        if self._own is not None and "image_id" in self._own:
+            return self._own["image_id"]
+        return self._split.image_id(self._row)
+
+    @image_id.setter
+    def image_id(self, value):
+        self._set("image_id", value)
+
+    @property
+    def path(self):
+        if self._own is not None and "path" in self._own:
+            return self._own["path"]
+        return self._split.path(self._row)
+
+    @path.setter
+    def path(self, value):
+        self._set("path", value)
 
     @property
     def labels(self):
-        if self._dense is not None:
-            return self._dense
-        y = np.full(self._num_classes, -1, np.int8)
-        y[self._classes] = self._values
+        if self._own is not None and "labels" in self._own:
+            return self._own["labels"]
+        if self._split is not None:
+            return self._split.table.dense(self._row)
+        classes, values, num_classes = self._own["sparse"]
+        y = np.full(num_classes, -1, np.int8)
+        y[classes] = values
         return y
 
     @labels.setter
     def labels(self, value):
-        self._dense = np.asarray(value, np.int8)
+        self._set("labels", np.asarray(value, np.int8))
+
+    def __reduce__(self):
+        return (ImageRecord, (self.image_id, self.path, self.labels))
 
     def __repr__(self):
         return f"SparseLabelRecord(image_id={self.image_id!r}, path={self.path!r})"
@@ -408,7 +553,9 @@ def list_image_files(image_dir):
         return {e.name for e in it}
 
 
-def build_split_records(table, image_dir, *, drop_empty, max_skipped_listed=None, ext=".jpg"):
+def build_split_records(table, image_dir, *, drop_empty, rows=None, id_root=None,
+                        missing_reason="missing image file {name}", missing_dir_ok=False,
+                        max_skipped_listed=None, ext=".jpg"):
     """Turn an :class:`ImageLabelTable` into records for the images on disk.
 
     Args:
@@ -416,6 +563,14 @@ def build_split_records(table, image_dir, *, drop_empty, max_skipped_listed=None
         image_dir: str, folder holding ``<ImageID><ext>``.
         drop_empty: bool; drop images without any annotation in the class
             list (counted, not listed as skipped).
+        rows: optional int array of the table rows to consider, in order
+            (default all; others are left out silently).
+        id_root: None (a record's ``image_id`` is the ImageID) or a folder
+            (``image_id`` is the image path relative to it, ``/``-separated).
+        missing_reason: str, reason listed for a missing image file
+            (``{name}`` = the file name).
+        missing_dir_ok: bool; a missing ``image_dir`` means every image is
+            missing instead of an error.
         max_skipped_listed: int or None; at most this many skipped images are
             listed (all are counted).
         ext: str, file extension.
@@ -427,31 +582,35 @@ def build_split_records(table, image_dir, *, drop_empty, max_skipped_listed=None
         into the table; popped by the caller) and ``skipped_by_reason``.
 
     Raises:
-        FileNotFoundError: if ``image_dir`` does not exist.
+        FileNotFoundError: if ``image_dir`` does not exist (unless
+            ``missing_dir_ok``).
     """
-    present = list_image_files(image_dir)
-    image_dir = os.path.abspath(image_dir)
-    records, skipped, rows = [], [], []
+    present = (set() if missing_dir_ok and not os.path.isdir(image_dir)
+               else list_image_files(image_dir))
+    prefix = None
+    if id_root is not None:
+        prefix = os.path.relpath(image_dir, id_root).replace(os.sep, "/")
+        prefix = "" if prefix == "." else prefix + "/"
+    split = _SplitImages(table, os.path.abspath(image_dir), prefix, ext)
+    records, skipped, kept_rows = [], [], []
     reasons = collections.Counter()
     dropped = 0
     lengths = np.diff(table.indptr)
-    for i, image_id in enumerate(table.image_ids):
+    for i in (range(len(table)) if rows is None else np.asarray(rows, np.int64).tolist()):
         if drop_empty and lengths[i] == 0:
             dropped += 1
             continue
-        name = image_id + ext
+        name = table.image_id(i) + ext
         if name not in present:
             reasons["missing image file"] += 1
             if max_skipped_listed is None or len(skipped) < max_skipped_listed:
-                skipped.append({"image_id": image_id, "reason": f"missing image file {name}"})
+                skipped.append({"image_id": split.image_id(i),
+                                "reason": missing_reason.format(name=name)})
             continue
-        s, e = table.indptr[i], table.indptr[i + 1]
-        records.append(SparseLabelRecord(
-            image_id, os.path.join(image_dir, name), classes=table.classes[s:e],
-            values=table.values[s:e], num_classes=table.num_classes))
-        rows.append(i)
+        records.append(SparseLabelRecord._of_split(split, i))
+        kept_rows.append(i)
     counts = {"kept": len(records), "dropped_without_class_labels": dropped,
-              "skipped_by_reason": dict(reasons), "rows": np.asarray(rows, np.int64)}
+              "skipped_by_reason": dict(reasons), "rows": np.asarray(kept_rows, np.int64)}
     return records, skipped, counts
 
 

@@ -18,9 +18,16 @@ docs/labels_and_data.md §3, docs/lesa.md §5)::
 
 Labels (int8, docs/labels_and_data.md §1): Confidence 1 -> 1, 0 -> 0, not annotated
 -> -1; columns ``[2594 unseen (pickle order), 7186 seen (classes-trainable
-order)]`` (unseen first, docs/metrics.md §5). A (image, MID) pair annotated
-twice keeps the later row (the reference assigns in file order). A row whose
-MID is in neither list is ignored and counted (``extra["unknown_mid_rows"]``).
+order)]`` (unseen first, docs/metrics.md §5). The CSVs are read by the reader
+shared by all OpenImages adapters
+(:func:`mll_tf.data.datasets._oi_common.read_human_image_labels`), with its
+one rule for repeated rows: an (image, MID) pair given by several rows gets
+one label, and when the rows disagree **a positive wins** (1 if any row says
+the image contains the class), whatever the row order or chunking (the
+reference's ``get_label`` assigns rows in file order, so there the later row
+wins). Repeated rows are counted (``extra["duplicate_rows"]``), disagreeing
+pairs too (``extra["conflicting_pairs"]``). A row whose MID is in neither list
+is ignored and counted (``extra["unknown_mid_rows"]``).
 
 What the reference does, and what this adapter does:
 
@@ -41,16 +48,18 @@ What the reference does, and what this adapter does:
   order for ZSL/GZSL evaluation, docs/lesa.md §5).
 
 Memory (the real train CSV has ≈ 28M rows for ≈ 5.5M images): the CSVs are
-streamed with pandas in chunks of ``chunk_rows`` rows (≈ 100 MB per 1M-row
-chunk; ≈ 1.2 s per 1M rows, so ≈ 35 s for the train CSV); annotations are
-kept sparse (CSR: int16 column + int8 value per annotation ≈ 85 MB for 28M,
-plus ≈ 0.7 GB of int64 indices and sort keys while building), a dict ImageID ->
-index (≈ 0.7 GB for 5.5M ids) exists while a CSV is parsed. ImageIDs are
-then kept as one ``S16`` array (≈ 90 MB) and each record
-(:class:`SparseImageRecord`, ≈ 130 B, ≈ 0.7 GB for the 5.5M train images)
-builds its dense int8 ``[9780]`` label row only when ``record.labels`` is
-read, so no dense ``[5.5M, 9780]`` matrix (≈ 54 GB) is ever held. Checking
-the image files costs one ``stat`` per image.
+streamed with pandas in chunks of ``chunk_rows`` rows (≈ 1 s per 1M rows); annotations are kept
+sparse (:class:`~mll_tf.data.datasets._oi_common.ImageLabelTable`, CSR: int16
+column + int8 value per annotation ≈ 85 MB for 28M, plus ≈ 1 GB of indices and
+sort keys while building), a dict ImageID -> index (≈ 0.7 GB for 5.5M ids)
+exists while a CSV is parsed. ImageIDs are then kept as one ``S16`` array
+(≈ 90 MB) and each record
+(:class:`~mll_tf.data.datasets._oi_common.SparseLabelRecord`, ≈ 140 B,
+≈ 0.75 GB for the 5.5M train images) builds its dense int8 ``[9780]`` label
+row only when ``record.labels`` is read, so no dense ``[5.5M, 9780]`` matrix
+(≈ 54 GB) is ever held. The image files are checked against one listing of
+each image folder (≈ 0.5 GB of names for 5.5M files, while checking; a
+missing folder: every image of the split is missing).
 """
 
 import codecs
@@ -63,8 +72,10 @@ import pickle
 
 import numpy as np
 
-from mll_tf.data.adapter import ImageRecord, PreparedDataset
+from mll_tf.data.adapter import PreparedDataset
 from mll_tf.data.images import decode_image
+from mll_tf.data.datasets._oi_common import (build_split_records, read_class_descriptions,
+                                             read_human_image_labels)
 from mll_tf.data.datasets._registry import register_dataset
 
 DEFAULT_ROOT = "data/OpenImages"
@@ -190,84 +201,6 @@ def read_top_unseen(path, num_unseen):
     return out
 
 
-def read_class_descriptions(path):
-    """MID -> display name from ``class-descriptions.csv`` (quoted names allowed)."""
-    names = {}
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        for row in csv.reader(f):
-            if len(row) >= 2 and row[0].strip() and row[0] != "LabelName":
-                names[row[0].strip()] = row[1].strip()
-    return names
-
-
-# --------------------------------------------------------------------------- sparse labels
-
-class SparseSplit:
-    """One split's images and labels, stored compactly (CSR), dense rows on demand.
-
-    Attributes:
-        num_labels: int C.
-        root: str, dataset root; ``prefix``: str, image folder relative to it
-            (ending in ``/`` unless empty).
-        ids: numpy ``S``/``U`` array ``[N]`` of ImageIDs.
-        indptr: int64 ``[N + 1]``; image i's entries are ``indptr[i]:indptr[i+1]``.
-        cols: int16/int32 ``[nnz]`` column indices.
-        vals: int8 ``[nnz]`` values in {0, 1}.
-    """
-
-    def __init__(self, num_labels, root, prefix, ids, indptr, cols, vals):
-        self.num_labels = num_labels
-        self.root = root
-        self.prefix = prefix
-        self.ids = ids
-        self.indptr = indptr
-        self.cols = cols
-        self.vals = vals
-
-    def image_id(self, i):
-        """Image path relative to ``root``: ``<prefix><ImageID>.jpg``."""
-        v = self.ids[i]
-        return f"{self.prefix}{v.decode() if isinstance(v, bytes) else v}.jpg"
-
-    def row(self, i):
-        """int8 ``[C]``: 1 / 0 where annotated, -1 elsewhere."""
-        y = np.full(self.num_labels, -1, np.int8)
-        a, b = self.indptr[i], self.indptr[i + 1]
-        y[self.cols[a:b]] = self.vals[a:b]
-        return y
-
-
-class SparseImageRecord(ImageRecord):
-    """An :class:`ImageRecord` whose fields are computed on access.
-
-    ``image_id`` (str), ``path`` (``os.path.join(root, image_id)``) and
-    ``labels`` (int8 ``[C]``, -1 where not annotated) come from the shared
-    :class:`SparseSplit`; a record holds only a reference and an index
-    (≈ 100 B). Pickles as a plain :class:`ImageRecord` with dense labels.
-    """
-
-    __slots__ = ("_split", "_row")
-
-    def __init__(self, split, row):  # noqa: D107 - replaces the dataclass __init__
-        self._split = split
-        self._row = row
-
-    @property
-    def image_id(self):
-        return self._split.image_id(self._row)
-
-    @property
-    def path(self):
-        return os.path.join(self._split.root, self.image_id)
-
-    @property
-    def labels(self):
-        return self._split.row(self._row)
-
-    def __reduce__(self):
-        return (ImageRecord, (self.image_id, self.path, self.labels))
-
-
 # --------------------------------------------------------------------------- adapter
 
 @register_dataset("openimages")
@@ -296,14 +229,16 @@ class OpenImages:
 
     ``prepare()`` returns a :class:`PreparedDataset` with ``2594 + 7186``
     labels named by MID (unseen first), splits ``train``/``val``/``test``
-    (records with int8 labels in {1, 0, -1}), ``image_id`` = image path
-    relative to ``root``, and ``extra`` keys ``label_split``
+    (:class:`~mll_tf.data.datasets._oi_common.SparseLabelRecord` with int8
+    labels in {1, 0, -1}; a positive wins over a conflicting 0, module doc),
+    ``image_id`` = image path relative to ``root``, and ``extra`` keys ``label_split``
     (``unseen``/``seen``/``unseen_eval`` MIDs), ``label_text`` (display names,
     the MID where none is known), ``eval_k`` ``[10, 20]``, ``protocol``
     ``"lesa_openimages"``, ``root`` (absolute), ``label_counts_by_split``
     (positives per MID), ``unknown_mid_rows`` (split -> ignored rows),
     ``unknown_mid_examples``, ``duplicate_rows`` (split -> repeated
-    (image, MID) rows), ``train_images_without_positive_seen``,
+    (image, MID) rows), ``conflicting_pairs`` (split -> pairs given both 1
+    and 0), ``conflict`` (``"positive"``), ``train_images_without_positive_seen``,
     ``labels_without_description`` (count) and its ``_examples``.
 
     Raises (from ``prepare``):
@@ -311,8 +246,9 @@ class OpenImages:
             requested split's CSV is missing (named).
         ValueError: naming the file (and row): a MID both seen and unseen, a
             duplicated MID, a refused or malformed pickle, a bad top-unseen
-            index, a CSV without the ImageID/LabelName/Confidence columns, or
-            an empty ImageID or a Confidence other than 0/1.
+            index, a malformed ``class-descriptions.csv`` line, a CSV without
+            the ImageID/LabelName/Confidence columns, or an empty ImageID or
+            LabelName or a Confidence other than 0/1.
     """
 
     name = "openimages"
@@ -375,125 +311,43 @@ class OpenImages:
                                                      "MID -> display name file"))
         return seen, unseen, top, desc, unseen_path
 
-    def _read_annotations(self, path, column_of, num_labels):
-        """Stream one CSV -> (image ids in first-appearance order, img idx, col, val, stats)."""
-        import pandas as pd
-
-        index = {}
-        ids = []
-        img_parts, col_parts, val_parts = [], [], []
-        unknown = 0
-        unknown_examples = []
-        need = ["ImageID", "LabelName", "Confidence"]
-        try:
-            reader = pd.read_csv(path, usecols=need, chunksize=self.chunk_rows,
-                                 dtype={"ImageID": str, "LabelName": "category"},
-                                 encoding="utf-8-sig", keep_default_na=False)
-            row0 = 2  # file line of the first data row (after the header)
-            for chunk in reader:
-                conf = pd.to_numeric(chunk["Confidence"], errors="coerce").to_numpy(np.float64)
-                bad = np.flatnonzero((conf != 0) & (conf != 1))
-                if len(bad):
-                    j = int(bad[0])
-                    raise ValueError(f"{path}: line {row0 + j}: Confidence "
-                                     f"{chunk['Confidence'].iloc[j]!r} is not 0 or 1")
-                cats = chunk["LabelName"].cat
-                lut = np.array([column_of.get(str(c).strip(), -1) for c in cats.categories]
-                               + [-1], np.int32)
-                cols = lut[cats.codes.to_numpy()]     # code -1 (empty) -> last entry -1
-                miss = cols < 0
-                if miss.any():
-                    unknown += int(miss.sum())
-                    for m in chunk["LabelName"][miss].unique()[:10]:
-                        if len(unknown_examples) < 10 and str(m) not in unknown_examples:
-                            unknown_examples.append(str(m))
-                image_ids = chunk["ImageID"].str.strip()
-                empty = np.flatnonzero((image_ids == "").to_numpy())
-                if len(empty):
-                    raise ValueError(f"{path}: line {row0 + int(empty[0])}: empty ImageID")
-                codes, uniques = pd.factorize(image_ids)
-                glob = np.empty(len(uniques), np.int64)
-                for k, u in enumerate(uniques):
-                    g = index.get(u)
-                    if g is None:
-                        g = index[u] = len(ids)
-                        ids.append(u)
-                    glob[k] = g
-                keep = ~miss
-                img_parts.append(glob[codes[keep]])
-                col_parts.append(cols[keep].astype(np.int16 if num_labels < 32768 else np.int32))
-                val_parts.append(conf[keep].astype(np.int8))
-                row0 += len(chunk)
-        except ValueError as e:
-            if str(e).startswith(path):
-                raise
-            raise ValueError(f"{path}: cannot read the annotations (need columns "
-                             f"{','.join(need)}): {e}") from e
-        cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt))
-        return (ids, cat(img_parts, np.int64), cat(col_parts, np.int16), cat(val_parts, np.int8),
-                unknown, unknown_examples)
-
     def prepare(self):
         """Read label lists and CSVs, check image files; return a :class:`PreparedDataset`."""
         seen, unseen, top, desc, unseen_path = self._label_lists()
         label_names = unseen + seen
-        num_labels = len(label_names)
         n_unseen = len(unseen)
-        column_of = {m: i for i, m in enumerate(label_names)}
+        class_index = {m: i for i, m in enumerate(label_names)}
         csv_paths = {s: self._require(self._meta(self.annotations.format(split=SPLIT_FILES[s])),
                                       f"{s} annotation CSV") for s in self.splits}
         splits, skipped, counts = {}, {}, {}
-        unknown_rows, unknown_examples, duplicates = {}, [], {}
+        unknown_rows, unknown_examples, duplicates, conflicts = {}, [], {}, {}
         without_positive = 0
         for split in self.splits:
-            ids, img, col, val, unknown, examples = self._read_annotations(
-                csv_paths[split], column_of, num_labels)
-            unknown_rows[split] = unknown
-            unknown_examples += [m for m in examples if m not in unknown_examples]
-            # sort by (image, column), stable: the last row of a repeated pair wins
-            key = img * num_labels + col
-            order = np.argsort(key, kind="stable")
-            key, col, val, img = key[order], col[order], val[order], img[order]
-            last = np.ones(len(key), bool)
-            last[:-1] = key[1:] != key[:-1]
-            duplicates[split] = int(len(key) - last.sum())
-            col, val, img = col[last], val[last], img[last]
-            del key, order, last
+            table = read_human_image_labels(csv_paths[split], class_index, conflict="positive",
+                                            chunksize=self.chunk_rows)
+            unknown_rows[split] = table.stats["ignored_rows"]
+            unknown_examples += [m for m in table.stats["ignored_mid_examples"]
+                                 if m not in unknown_examples]
+            duplicates[split] = table.stats["duplicate_rows"]
+            conflicts[split] = table.stats["conflicting_pairs"]
             if split in ("train", "val") and self.drop_unseen_train_val:
-                k = col >= n_unseen
-                col, val, img = col[k], val[k], img[k]
-            n_img = len(ids)
-            indptr = np.zeros(n_img + 1, np.int64)
-            np.cumsum(np.bincount(img, minlength=n_img), out=indptr[1:])
-            try:
-                id_array = np.array(ids, dtype="S")     # ImageIDs are ASCII hex: 1 B/char
-            except UnicodeEncodeError:
-                id_array = np.array(ids, dtype="U")
-            del ids
-            keep = np.ones(n_img, bool)
-            if split == "train":
-                has_pos = np.zeros(n_img, bool)
-                has_pos[img[(val == 1) & (col >= n_unseen)]] = True
+                table = table.drop_entries(table.classes < n_unseen)
+            rows = None
+            if split == "train":   # only images with a positive seen label
+                has_pos = table.entries_per_image((table.values == 1)
+                                                  & (table.classes >= n_unseen)) > 0
                 without_positive = int((~has_pos).sum())
-                keep = has_pos
-            image_root = os.path.join(self.root, self.image_dir.format(split=SPLIT_FILES[split]))
-            rel_dir = os.path.relpath(image_root, self.root).replace(os.sep, "/")
-            rel_dir = "" if rel_dir == "." else rel_dir + "/"
-            table = SparseSplit(num_labels, self.root, rel_dir, id_array, indptr, col, val)
-            records, skips, kept = [], [], np.zeros(n_img, bool)
-            for i in np.flatnonzero(keep).tolist():
-                image_id = table.image_id(i)
-                if not os.path.isfile(os.path.join(self.root, image_id)):
-                    skips.append({"image_id": image_id, "reason": "missing file"})
-                    continue
-                kept[i] = True
-                records.append(SparseImageRecord(table, i))
+                rows = np.flatnonzero(has_pos)
+            image_dir = os.path.join(self.root, self.image_dir.format(split=SPLIT_FILES[split]))
+            records, skips, kept = build_split_records(
+                table, image_dir, drop_empty=False, rows=rows, id_root=self.root,
+                missing_reason="missing file", missing_dir_ok=True)
             splits[split] = records
             if skips:
                 skipped[split] = skips
-            pos = kept[img] & (val == 1)
-            c = np.bincount(col[pos].astype(np.int64), minlength=num_labels)
-            counts[split] = dict(zip(label_names, c.astype(int).tolist()))
+            pos, _ = table.entry_counts(kept["rows"])
+            counts[split] = dict(zip(label_names, pos.tolist()))
+            del table
         no_desc = [m for m in label_names if m not in desc]
         extra = {
             "protocol": "lesa_openimages",
@@ -510,6 +364,8 @@ class OpenImages:
             "unknown_mid_rows": unknown_rows,
             "unknown_mid_examples": unknown_examples,
             "duplicate_rows": duplicates,
+            "conflicting_pairs": conflicts,
+            "conflict": "positive",
             "train_images_without_positive_seen": without_positive,
             "drop_unseen_train_val": self.drop_unseen_train_val,
             "labels_without_description": len(no_desc),
