@@ -71,6 +71,38 @@ def _static_num_classes(y_pred):
     return shape[-1]
 
 
+def _global_top_k_mask(key, topk_per_image, num_classes):
+    """The selective rule's top-k over the global batch under ``tf.distribute``.
+
+    Args:
+        key: float32 ``[B_local * C]``, this replica's ranking keys (flattened
+            row-major; un-annotated entries hold p_neg, the others 2).
+        topk_per_image: int, K = topk_per_image * global B.
+        num_classes: int or scalar tensor C.
+
+    Returns:
+        None outside a multi-replica replica context; else float32
+        ``[B_local * C]``, 1 where this replica's entry is among the K
+        smallest keys of all replicas (ties: lower global flattened index
+        first, replicas' rows in replica order, as the distributed dataset
+        splits a global batch).
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return None
+    n_local = tf.shape(key)[0]
+    sizes = ctx.all_gather(tf.reshape(n_local, [1]), axis=0)              # [R]
+    keys = ctx.all_gather(key, axis=0)                                     # [B_global * C]
+    total = tf.shape(keys)[0]
+    batch = total // tf.cast(num_classes, tf.int32)
+    k = tf.minimum(topk_per_image * batch, total)
+    _, idx = tf.math.top_k(-keys, k=k, sorted=True)
+    picked = tf.scatter_nd(tf.expand_dims(idx, 1), tf.ones_like(idx, tf.float32), tf.expand_dims(total, 0))
+    replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+    start = tf.reduce_sum(sizes[:replica])
+    return picked[start:start + n_local]
+
+
 @keras.saving.register_keras_serializable(package="mll_tf")
 class PartialAsymmetricLoss(keras.losses.Loss):
     """CSL partial asymmetric loss (P-ASL) with the selective mode.
@@ -119,9 +151,11 @@ class PartialAsymmetricLoss(keras.losses.Loss):
          (the reference's ``torch.argsort`` leaves ties unspecified).
       4. The remaining un-annotated entries are negatives with gamma_unann.
 
-      Under ``tf.distribute`` the top-k runs on each replica's local batch
-      (K = likelihood_topk * local B); the reference ranks the whole
-      (single-device) batch, so the selected entries can differ slightly.
+      Under ``tf.distribute`` (several replicas in a replica context) the
+      keys of all replicas are gathered and the top-k runs over the GLOBAL
+      batch (K = likelihood_topk * global B, indices in global row order),
+      each replica keeping its own slice: the selection is the one a single
+      device makes on the whole batch (tested: 2 replicas = 1).
 
     The prior is used only in ``"selective"`` mode. It is stored in a
     non-trainable ``tf.Variable`` so that a compiled (``tf.function``) step
@@ -283,10 +317,12 @@ class PartialAsymmetricLoss(keras.losses.Loss):
             # the sentinel 2 > any p_neg and are never removed below.
             key = ops.reshape(
                 ops.where(ops.greater(unann, 0.0), p_neg, 2.0), (-1,))
-            _, idx = ops.top_k(-key, k=k, sorted=True)
-            picked = ops.scatter(ops.expand_dims(idx, 1),
-                                 ops.ones_like(idx, dtype="float32"),
-                                 ops.expand_dims(total, 0))
+            picked = _global_top_k_mask(key, self.likelihood_topk, num_classes)
+            if picked is None:
+                _, idx = ops.top_k(-key, k=k, sorted=True)
+                picked = ops.scatter(ops.expand_dims(idx, 1),
+                                     ops.ones_like(idx, dtype="float32"),
+                                     ops.expand_dims(total, 0))
             removed = ops.reshape(picked, ops.shape(p_neg)) * unann
             weights = weights * (1.0 - removed)
         return weights

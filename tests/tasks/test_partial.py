@@ -128,3 +128,30 @@ def test_first_step_loss_is_the_observed_mean():
     t = (y == 1).astype(np.float64)
     bce = np.maximum(logits, 0) - logits * t + np.log1p(np.exp(-np.abs(logits)))
     assert logs["loss"] == pytest.approx(bce[known].sum() / known.sum(), rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["csl", "asl", "ignore", "negative"])
+def test_batch_normaliser_two_replicas_equals_one(method):
+    """The per-image loss sums divided by the GLOBAL batch: 2 replicas give the 1-replica losses and weights."""
+    from mll_tf.tasks import get_task
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(8, R, D)).astype(np.float32)
+    y = rng.choice(np.array([1, 0, 0, -1], np.int8), size=(8, 5))
+    cls = get_task(method)
+    loss = cls(config=cls.Config(likelihood_topk=1)).build_loss()
+
+    def build():
+        keras.utils.set_random_seed(4)
+        model = TrainableHead(5)
+        model(tf.zeros([1, R, D]))
+        return model
+
+    opt = lambda: keras.optimizers.Adam(0.05)  # noqa: E731
+    w0, one, w1 = fit_on(tf.distribute.MirroredStrategy(["/cpu:0"]), build, loss, (x, y), opt)
+    _, two, w2 = fit_on(two_cpu_strategy(), build, loss, (x, y), opt, weights=w0)
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)
+    for a, b in zip(w1, w2):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    kernel0 = next(a for a in w0 if a.shape == (D, 5))
+    assert not np.allclose(next(a for a in w1 if a.shape == (D, 5)), kernel0)
