@@ -81,19 +81,23 @@ class TrainableLESA(OwnLossSteps, LESA):
     def _terms(self, features, labels, training):
         ctx = tf.distribute.get_replica_context()
         out = self(features, training=training)
-        s_local = attention_span_sum_of_squares(out["attention_logits"])
-        s_total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(s_local))
-        batch = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.shape(features)[0], tf.float32))
-        terms = self.loss(labels, out, global_batch_size=batch, span_sum_of_squares=s_total,
-                          num_replicas=ctx.num_replicas_in_sync)
-        return terms
+        s_local = tf.stop_gradient(attention_span_sum_of_squares(out["attention_logits"]))
+        batch_local = tf.cast(tf.shape(features)[0], tf.float32)
+        if ctx.num_replicas_in_sync > 1:
+            s_total, batch = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [s_local, batch_local])
+        else:
+            s_total, batch = s_local, batch_local
+        return self.loss(labels, out, global_batch_size=batch, span_sum_of_squares=s_total,
+                         num_replicas=ctx.num_replicas_in_sync)
 
     def _log(self, terms):
         ctx = tf.distribute.get_replica_context()
+        names = ("loss",) + _TERMS
+        values = [tf.stop_gradient(terms["total"])] + [tf.stop_gradient(terms[k]) for k in _TERMS]
+        if ctx.num_replicas_in_sync > 1:  # the global batch's terms: one all-reduce for all of them
+            values = ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
         logs = {}
-        for k in _TERMS + ("total",):
-            value = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(terms[k]))
-            name = "loss" if k == "total" else k
+        for name, value in zip(names, values):
             self._trackers[name].update_state(value)
             logs[name] = self._trackers[name].result()
         return logs

@@ -244,15 +244,23 @@ class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
 
 class TensorBoard(keras.callbacks.TensorBoard):
-    """``keras.callbacks.TensorBoard`` whose round summaries are always written, and resumable.
+    """``keras.callbacks.TensorBoard`` with round summaries always written, cheap steps, and resumable.
 
-    Keras 3.15 writes the epoch summaries inside the ``record_if`` context of
-    the round's last batch, so they are dropped unless that batch falls on
-    ``update_freq``; here they are always recorded. Batch-level scalars of a
-    resumed run continue at the global step (``start_step``).
+    Writes what Keras' callback writes -- ``epoch_<name>`` scalars of each
+    round in ``tb/train`` and (the ``val_`` logs) ``tb/validation``, the
+    learning rate, and ``batch_<name>`` scalars every ``update_freq`` steps --
+    with three changes:
+
+    * Keras 3.15 writes the round summaries inside the ``record_if`` context
+      of the round's last step, so they are dropped unless that step falls
+      on ``update_freq``; here they are always recorded;
+    * Keras enters and leaves a summary context and calls ``tf.summary.scalar``
+      for every log at EVERY step (about 2 ms per step here, 3% of a clip-art
+      LESA step); here the steps that write nothing cost nothing;
+    * batch-level scalars use the global step, which continues after a resume.
 
     Args:
-        log_dir: str, ``<run>/tb`` (``train/`` and ``validation/`` runs).
+        log_dir: str, ``<run>/tb``.
         update_freq: int, steps between batch-level scalars.
         start_step: int, steps done before this ``fit`` (a resumed run).
     """
@@ -260,10 +268,27 @@ class TensorBoard(keras.callbacks.TensorBoard):
     def __init__(self, log_dir, update_freq, start_step=0):
         super().__init__(log_dir, update_freq=update_freq, write_graph=False)
         self.start_step = int(start_step)
+        self._step = self._round_start = self.start_step
 
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
         self._global_train_batch = self.start_step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._round_start = self._step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_train_batch_end(self, batch, logs=None):
+        import tensorflow as tf
+
+        previous, self._step = self._step, self._round_start + batch + 1
+        freq = int(self.update_freq)
+        if self._step // freq == previous // freq or not isinstance(logs, dict):
+            return
+        with self._train_writer.as_default(step=self._step), tf.summary.record_if(True):
+            for name, value in logs.items():
+                tf.summary.scalar(f"batch_{name}", value)
 
     def on_epoch_end(self, epoch, logs=None):
         import tensorflow as tf
@@ -273,15 +298,11 @@ class TensorBoard(keras.callbacks.TensorBoard):
         for writer in self._writers.values():
             writer.flush()
 
-    def abort(self):
-        """Leave the summary contexts and close the writers after ``fit`` raised.
+    def on_train_end(self, logs=None):
+        self._close_writers()
 
-        Keras calls no callback when ``fit`` raises; without this the
-        batch-level ``record_if`` context stays entered for the rest of the
-        process and later summaries are silently dropped.
-        """
-        while self._prev_summary_state:
-            self._pop_writer()
+    def abort(self):
+        """Close the writers after ``fit`` raised (Keras calls no callback then)."""
         self._close_writers()
 
 

@@ -108,3 +108,28 @@ def test_truncate_history_keeps_completed_rounds(tmp_path):
     assert path.read_text().splitlines() == ["epoch,loss", "1,0.5", "2,0.4"]
     truncate_history(str(path), 0)
     assert path.read_text() == ""
+
+
+def _scalar_steps(logdir, tag):
+    import glob
+
+    import tensorflow as tf
+
+    steps = []
+    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            steps += [event.step for v in event.summary.value if v.tag == tag]
+    return sorted(steps)
+
+
+def test_tensorboard_rounds_and_steps_continue_after_resume(store, tmp_path):
+    """Round scalars are written every round, batch scalars every --log-every steps at the GLOBAL step."""
+    kw = dict(epochs=2, log_every=5)
+    toy_task(store, tmp_path, "ignore", run_name="tb", **kw).fit(verbose=0)
+    train, val = str(tmp_path / "tb" / "tb" / "train"), str(tmp_path / "tb" / "tb" / "validation")
+    assert _scalar_steps(train, "epoch_loss") == [0, 1]
+    assert _scalar_steps(val, "epoch_mAP_partial") == [0, 1]
+    assert _scalar_steps(train, "batch_loss") == [5, 10, 15, 20]       # 24 steps, every 5th
+    toy_task(store, tmp_path, "ignore", run_name="tb", epochs=3, log_every=5).fit(resume=True, verbose=0)
+    assert _scalar_steps(train, "batch_loss") == [5, 10, 15, 20, 25, 30, 35]
+    assert _scalar_steps(train, "epoch_loss") == [0, 1, 2]
