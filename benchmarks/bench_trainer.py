@@ -12,9 +12,9 @@ invocation:
    * the partial-label head at the clip-art shape: 49 x 1280 features, 100
      classes, batch 32, CSL's selective loss, Adam.
 
-   Baseline: a hand-written ``tf.distribute`` loop -- ``strategy.run`` of the
-   same step in a ``tf.function``, one Python call and one host sync per step,
-   what the trainers did before the fit loop. Candidates: ``fit`` with
+   Baseline: the hand-written trainers' loop with their step (as in commit
+   02ffb31): ``strategy.run`` of the step in a ``tf.function``, one Python
+   call and one host sync per step. Candidates: ``fit`` with
    ``steps_per_execution`` 1, 4 and 16 (Keras runs that many steps in one
    compiled call), timed inside one ``fit`` call after 16 warm-up steps (so
    fit's per-call set-up is not counted). Examples/s, best of ``--repeats``
@@ -51,26 +51,28 @@ sys.path.insert(0, HERE)
 BATCH = 32
 SHAPES = {
     "lesa": dict(regions=196, dim=512, labels=925, unseen=81, heads=10, word_dim=300, grid=(14, 14)),
+    "lesa_clipart": dict(regions=49, dim=1280, conv=512, labels=70, heads=10, word_dim=50, grid=(7, 7)),
     "csl": dict(regions=49, dim=1280, labels=100),
 }
 
 
 # ----------------------------------------------------------------------------- step benchmark
 
-def _lesa_parts(rng):
+def _lesa_parts(rng, shape="lesa"):
     import keras
     import numpy as np
 
     from mll_tf.losses.lesa_loss import LESALoss
     from mll_tf.tasks.lesa import TrainableLESA
 
-    s = SHAPES["lesa"]
+    s = SHAPES[shape]
     vecs = rng.normal(size=(s["labels"], s["word_dim"])).astype(np.float32)
     x = np.maximum(rng.normal(size=(BATCH, s["regions"], s["dim"])) - 0.84, 0).astype(np.float32)
     y = rng.choice(np.array([1, 0, 0, 0, 0, 0, 0, 0, 0, -1], np.int8), size=(BATCH, s["labels"]))
 
     def build():
-        m = TrainableLESA(label_embeddings=vecs, num_heads=s["heads"], conv_channels=s["dim"], grid_size=s["grid"])
+        m = TrainableLESA(label_embeddings=vecs, num_heads=s["heads"], conv_channels=s.get("conv", s["dim"]),
+                          grid_size=s["grid"])
         m(x[:1])
         return m
 
@@ -98,21 +100,70 @@ def _csl_parts(rng):
     return build, loss, lambda: keras.optimizers.Adam(1e-3), x, y
 
 
-def hand_loop(strategy, model, x, y, warmup, steps):
-    """The pre-fit trainers' loop: strategy.run(step) in a tf.function, one call and float() per step."""
+def _prefit_lesa_step(strategy, model, loss_fn, batch_size):
+    """The step of the hand-written LESA trainer (02ffb31 ``lesa_trainer.make_train_step``), as it was."""
     import tensorflow as tf
 
-    from mll_tf.training.distribute import distributed_train_step
+    from mll_tf.losses.lesa_loss import attention_span_sum_of_squares
 
-    train_step = distributed_train_step(strategy, model)
+    optimizer = model.optimizer
 
+    def step_fn(features, labels):
+        with tf.GradientTape() as tape:
+            out = model(features, training=True)
+            ctx = tf.distribute.get_replica_context()
+            s_local = attention_span_sum_of_squares(out["attention_logits"])
+            s_total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(s_local))
+            terms = loss_fn(labels, out, global_batch_size=batch_size, span_sum_of_squares=s_total)
+        grads = tape.gradient(terms["total"], model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return terms
+
+    @tf.function
+    def train_step(batch):
+        per_replica = strategy.run(step_fn, args=batch)
+        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+
+    return train_step, "total"
+
+
+def _prefit_head_step(strategy, model, loss_fn, batch_size):
+    """The step of the hand-written partial-label trainer (02ffb31 ``multilabel_trainer.make_train_step``)."""
+    import tensorflow as tf
+
+    optimizer = model.optimizer
+
+    def step_fn(x, y):
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = tf.reduce_sum(loss_fn(y, logits)) / float(batch_size)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return {"loss": loss, "prob_sum": tf.reduce_sum(tf.sigmoid(logits), axis=0)}
+
+    @tf.function
+    def train_step(batch):
+        out = strategy.run(step_fn, args=batch)
+        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in out.items()}
+
+    return train_step, "loss"
+
+
+def hand_loop(strategy, model, x, y, warmup, steps, prefit):
+    """The pre-fit trainers' loop: their step in a tf.function, one call and one float() per step.
+
+    ``prefit``: a builder of the old step (above), so the baseline is the old loop with the old step.
+    """
+    import tensorflow as tf
+
+    train_step, key = prefit(strategy, model, model.loss, BATCH)
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
     it = iter(strategy.experimental_distribute_dataset(ds))
     for _ in range(warmup):
-        float(train_step(next(it))["loss"])
+        float(train_step(next(it))[key])
     t0 = time.perf_counter()
     for _ in range(steps):
-        float(train_step(next(it))["loss"])
+        float(train_step(next(it))[key])
     return steps * BATCH / (time.perf_counter() - t0)
 
 
@@ -154,8 +205,12 @@ def bench_steps(args):
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     print(f"step benchmark: batch {BATCH}, {args.step_count} steps per block, best of {args.repeats} blocks "
-          f"(examples/s; ratio to the hand-written loop)")
-    for name, parts in (("lesa (NUS-WIDE shape)", _lesa_parts), ("csl head (clip-art shape)", _csl_parts)):
+          f"(examples/s; ratio to the hand-written loop with its step, as before fit)")
+    cases = (("lesa (NUS-WIDE shape)", _lesa_parts, _prefit_lesa_step),
+             ("lesa (clip-art shape, the main job)", lambda rng: _lesa_parts(rng, "lesa_clipart"),
+              _prefit_lesa_step),
+             ("csl head (clip-art shape)", _csl_parts, _prefit_head_step))
+    for name, parts, prefit in cases:
         rng = np.random.default_rng(0)
         build, loss, opt, x, y = parts(rng)
         results = {}
@@ -170,7 +225,7 @@ def bench_steps(args):
             warmup = 16  # a multiple of every steps_per_execution tried
             for _ in range(args.repeats):
                 if spe is None:
-                    rate = hand_loop(strategy, model, x, y, warmup, args.step_count)
+                    rate = hand_loop(strategy, model, x, y, warmup, args.step_count, prefit)
                 else:
                     rate = fit_loop(model, x, y, warmup, args.step_count)
                 best = max(best, rate)
@@ -196,6 +251,8 @@ def make_stores(workdir, n_train):
     rng = np.random.default_rng(0)
     out = {}
     for kind, s in SHAPES.items():
+        if kind not in ("lesa", "csl"):
+            continue
         c = s["labels"] + s.get("unseen", 0)
         names = _names(c, "w")
         extra = {}
