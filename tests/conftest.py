@@ -37,3 +37,17 @@ def two_cpu_strategy():
 @pytest.fixture
 def strategy2():
     return two_cpu_strategy()
+
+
+#: Label names of the shared tiny store (all have GloVe 50-d vectors).
+TOY_NAMES = ["cat", "dog", "car", "tree", "boat"]
+
+
+@pytest.fixture(scope="session")
+def toy_store(tmp_path_factory):
+    """A tiny separable feature store (dataset "toy", 192/64/64 records of [4, 8]); see tests.helpers.write_toy_store."""
+    from tests.helpers import write_toy_store
+
+    root = tmp_path_factory.mktemp("toy_features")
+    write_toy_store(root, names=TOY_NAMES)
+    return root

@@ -12,16 +12,14 @@ from mll_tf.losses.imcl_loss import IMCLLoss
 from mll_tf.models.imcl import IMCLDictionary
 from mll_tf.tasks.imcl import TrainableIMCL
 from tests.conftest import two_cpu_strategy
-from tests.helpers import toy_task, write_toy_store
+from tests.helpers import toy_task
 
-NAMES = ["cat", "dog", "car", "tree", "boat"]
+from tests.conftest import TOY_NAMES as NAMES  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("features")
-    write_toy_store(root, names=NAMES)
-    return root
+@pytest.fixture
+def store(toy_store):
+    return toy_store
 
 
 def test_imcl_trains_and_keeps_graph_pattern(store, tmp_path):

@@ -12,17 +12,15 @@ from mll_tf.losses.partial import MaskedBinaryCrossentropy
 from mll_tf.tasks.partial import TrainableHead
 from mll_tf.training.priors import load_prior_csv
 from tests.conftest import two_cpu_strategy
-from tests.helpers import fit_on, toy_task, write_toy_store
+from tests.helpers import fit_on, toy_task
 
-NAMES = ["cat", "dog", "car", "tree", "boat"]
+from tests.conftest import TOY_NAMES as NAMES  # noqa: E402
 R, D = 4, 8
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("features")
-    write_toy_store(root, regions=R, dim=D, names=NAMES)
-    return root
+@pytest.fixture
+def store(toy_store):
+    return toy_store
 
 
 def _history(run_dir):

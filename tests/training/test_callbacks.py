@@ -9,16 +9,14 @@ import numpy as np
 import pytest
 
 from mll_tf.training.callbacks import BestModelCheckpoint, RunBackup, truncate_history
-from tests.helpers import toy_task, write_toy_store
+from tests.helpers import toy_task
 
-NAMES = ["cat", "dog", "car", "tree", "boat"]
+from tests.conftest import TOY_NAMES as NAMES  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("features")
-    write_toy_store(root, names=NAMES)
-    return root
+@pytest.fixture
+def store(toy_store):
+    return toy_store
 
 
 class Interrupt(Exception):
