@@ -20,7 +20,8 @@ apt:
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt: installing$$missing"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	  $(SUDO) apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing; \
 	else echo "apt: $(APT_PACKAGES) already installed"; fi
 
 $(VENV)/.installed: requirements.txt pyproject.toml

@@ -35,7 +35,10 @@ def build_flags():
     fs = FlagSet(PROG, __doc__)
     fs.define("config", None, "experiment config: a YAML / Python file or a packaged name "
               f"({', '.join(packaged_configs())}); flags override it")
-    fs.define("resume", False, "continue the run in --run-dir from its last backup")
+    fs.define("resume", False, "continue the run in --run-dir from its last backup (its architecture and data "
+              "options are kept; changing them is refused)")
+    fs.define("overwrite", False, "delete what --run-dir holds and start a new run there (without it, an "
+              "existing run is never overwritten)")
     fs.define("progress", None, "a Keras progress bar (default: when stdout is a terminal); --noprogress "
               "prints one line per round instead", kind="bool")
     fs.section("run options (every method)")
@@ -128,7 +131,7 @@ def _run(argv):
     verbose = "auto" if fs.progress is None else int(bool(fs.progress))
     from mll_tf.training.runner import fit_task
 
-    fit_task(task, resume=fs.resume, verbose=verbose, config_source=source)
+    fit_task(task, resume=fs.resume, overwrite=fs.overwrite, verbose=verbose, config_source=source)
     here = os.path.dirname(os.path.abspath(sys.executable))
     tb = os.path.join(here, "tensorboard")
     tb = tb if os.path.exists(tb) else "tensorboard"

@@ -29,13 +29,60 @@ import os
 from mll_tf.registry import Registry
 from mll_tf.training.config import RunConfig, coerce_fields, validate_fields
 
-__all__ = ["TASKS", "OwnLossSteps", "Predictor", "Task", "TaskConfig", "register_task", "EXTRACT_HINT"]
+__all__ = ["TASKS", "OwnLossSteps", "Predictor", "Task", "TaskConfig", "register_task", "EXTRACT_HINT",
+           "extract_command"]
 
 TASKS = Registry("task", flag="--method")
 
-#: The command that makes a missing feature store (completed with --out-dir).
+#: The command that makes a missing feature store (completed by :func:`extract_command`).
 EXTRACT_HINT = ("python extract/build_tfrecords.py --dataset {dataset} --backbone {backbone} "
                 "--input-size {input_size}")
+
+
+def extract_command(run):
+    """The complete extraction command that makes the feature store a run configuration reads.
+
+    Adds ``--data-root``: the run's, or, when the adapter's default folder does
+    not exist here, a ``/path/to/<dataset>`` placeholder (the line after the
+    command says to replace it); and the run's ``--dataset-options`` and
+    ``--out-dir``.
+
+    Returns:
+        (command str, note str or "").
+    """
+    import inspect
+    import shlex
+    import sys
+
+    cmd = EXTRACT_HINT.format(dataset=run.dataset, backbone=run.backbone, input_size=run.input_size)
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "extract", "build_tfrecords.py")
+    if os.path.exists(script):  # a checkout: this interpreter and the script, from here
+        cmd = cmd.replace("python extract/build_tfrecords.py",
+                          f"{shlex.quote(sys.executable)} {shlex.quote(os.path.relpath(script))}")
+    else:  # an installed package
+        cmd = cmd.replace("python extract/build_tfrecords.py", "mll-extract")
+    note = ""
+    root = run.data_root
+    if not root:
+        default = None
+        try:
+            from mll_tf.data.datasets import get_dataset
+
+            cls = get_dataset(run.dataset)
+            param = inspect.signature(cls).parameters.get("root")
+            default = None if param is None or param.default is inspect.Parameter.empty else param.default
+        except (KeyError, TypeError, ValueError):
+            pass
+        if not (default and os.path.exists(default)):
+            root = f"/path/to/{run.dataset.replace(':', '_').replace('/', '_')}"
+            note = (f"\n(replace {root} with the folder holding {run.dataset} in its official layout"
+                    + (f"; the adapter's default, {default}, does not exist here)" if default else ")"))
+    if root:
+        cmd += f" --data-root {shlex.quote(root)}"
+    if run.dataset_options:
+        cmd += f" --dataset-options {shlex.quote(run.dataset_options)}"
+    return cmd + f" --out-dir {shlex.quote(run.features_root)}", note
 
 
 def register_task(name):
@@ -102,6 +149,9 @@ class Task:
             ``--monitor`` says otherwise.
         evaluate_options: names of ``evaluation/evaluate.py`` options this
             task accepts besides ``--split``/``--model``/``--out``.
+        resumable_fields: names of the task's options that ``--resume`` may
+            change (evaluation-only settings); the others are fixed for the
+            life of a run.
 
     Args:
         run: :class:`mll_tf.training.config.RunConfig` (its ``method`` is
@@ -116,6 +166,8 @@ class Task:
     max_replicas = None
     default_monitor = "val_mAP"
     evaluate_options = ()
+    #: the task's options a resumed run may change (everything else is fixed for a run's life)
+    resumable_fields = ()
 
     def __init__(self, run=None, config=None):
         self.run = run if run is not None else RunConfig()
@@ -168,14 +220,21 @@ class Task:
 
         path = self.features_dir(split)
         if not os.path.exists(os.path.join(path, "manifest.json")):
-            cmd = EXTRACT_HINT.format(dataset=self.run.dataset, backbone=self.run.backbone,
-                                      input_size=self.run.input_size)
-            raise MissingFeaturesError(f"no {split!r} features at {path}; make them with:\n    {cmd} "
-                                       f"--out-dir {self.run.features_root}")
+            cmd, note = extract_command(self.run)
+            raise MissingFeaturesError(f"no {split!r} features at {path}; make them with:\n    {cmd}{note}")
         return read_manifest(path)
 
-    def prepare(self, run_dir):
-        """Read what training needs and write the task's run files (before the model is built)."""
+    def prepare(self, run_dir, resume=False):
+        """Read what training needs, before the model is built; writes nothing.
+
+        Args:
+            run_dir: str, the run directory (with ``resume``, files saved by an
+                earlier start of the run are read back from it).
+            resume: bool, the run is being resumed.
+        """
+
+    def save_run_files(self, run_dir):
+        """Write the task's run files (label split, simulated labels, ...), after every check passed."""
 
     @property
     def num_train_examples(self):
@@ -221,10 +280,10 @@ class Task:
         """Hook after ``fit`` returns."""
 
     # --- the loop ------------------------------------------------------------------------------
-    def fit(self, resume=False, verbose="auto"):
+    def fit(self, resume=False, overwrite=False, verbose="auto"):
         """Train with ``keras.Model.fit`` into ``run.run_dir`` (see :func:`~mll_tf.training.runner.fit_task`)."""
         from mll_tf.training.runner import fit_task
-        return fit_task(self, resume=resume, verbose=verbose)
+        return fit_task(self, resume=resume, overwrite=overwrite, verbose=verbose)
 
     # --- after training --------------------------------------------------------------------------
     def load_model(self, run_dir, which="best"):

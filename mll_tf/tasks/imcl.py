@@ -778,6 +778,7 @@ class IMCLTask(MultiLabelTask):
 
     Config = IMCLConfig
     mixed_precision_on_gpu = False
+    resumable_fields = ("threshold", "imcl_dict_refresh_steps", "imcl_refresh")
 
     def check(self):
         super().check()
@@ -789,8 +790,8 @@ class IMCLTask(MultiLabelTask):
         if c.imcl_init_from and not os.path.isdir(c.imcl_init_from):
             raise ValueError(f"--imcl-init-from: no run directory {c.imcl_init_from}")
 
-    def prepare(self, run_dir):
-        super().prepare(run_dir)
+    def prepare(self, run_dir, resume=False):
+        super().prepare(run_dir, resume)
         n = self.num_train_examples
         rng = np.random.default_rng(self.run.seed)
         size = n if self.config.imcl_dict_size <= 0 else min(n, self.config.imcl_dict_size)

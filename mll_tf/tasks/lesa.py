@@ -222,6 +222,7 @@ class LESATask(Task):
 
     Config = LESAConfig
     evaluate_options = ("k", "baselines")
+    resumable_fields = ("eval_k", "attention_images")
 
     @property
     def default_monitor(self):
@@ -237,14 +238,16 @@ class LESATask(Task):
         return f"{self.config.num_heads} heads, conv {self.config.conv_channels}"
 
     # --- data ------------------------------------------------------------------------------------
-    def prepare(self, run_dir):
-        """Choose (or reload) the seen/unseen split and the word vectors; save both in ``run_dir``.
+    def prepare(self, run_dir, resume=False):
+        """Choose (or, resuming, reload) the seen/unseen split and the word vectors.
 
         A dataset with a published split (NUS-WIDE's 925/81, OpenImages'
         7186/400, stored by the adapter as ``manifest.extra["label_split"]``)
         uses it; the word vectors are looked up with ``extra["label_text"]``
         when the label names are ids (OpenImages MIDs). Otherwise the unseen
         labels are chosen by :func:`mll_tf.training.zsl_split.choose_unseen_labels`.
+        :meth:`save_run_files` writes them as ``label_split.json`` and
+        ``label_embeddings.npz``.
         """
         from mll_tf.data.word_vectors import label_embeddings, load_word_vectors
         from mll_tf.protocols import eval_k_for
@@ -254,11 +257,10 @@ class LESATask(Task):
         self.manifest = manifest
         if not self.config.eval_k:
             self.config.eval_k = tuple(eval_k_for(self.run.dataset, manifest.extra))
-        if not self.run.monitor:
-            self.run.monitor = self.default_monitor
         split_path = os.path.join(run_dir, "label_split.json")
         emb_path = os.path.join(run_dir, "label_embeddings.npz")
-        if os.path.exists(split_path) and os.path.exists(emb_path):
+        self._to_save = None
+        if resume and os.path.exists(split_path) and os.path.exists(emb_path):
             split, vectors = load_label_split(run_dir)
         else:
             names = manifest.label_names
@@ -280,16 +282,29 @@ class LESATask(Task):
                 split = choose_unseen_labels(names, missing, counts.get("train", {}), counts.get("test", {}),
                                              unseen_fraction=self.config.unseen_fraction,
                                              min_test_images=self.config.min_test_images)
-            split.save(split_path)
             keep = [i for i, n in enumerate(names) if n not in split.excluded]
-            np.savez(emb_path, names=np.array([names[i] for i in keep]), vectors=emb[keep],
-                     source=np.array(wv.source))
+            self._to_save = (split, np.array([names[i] for i in keep]), emb[keep], np.array(wv.source))
             vectors = {names[i]: emb[i] for i in keep}
         self.split = split
+        if not self.run.monitor:  # F1@K needs K <= the number of seen labels
+            ks = [k for k in self.config.eval_k if k <= len(split.seen)]
+            self.run.monitor = ("val_seen_F1@5" if 5 in ks else f"val_seen_F1@{ks[-1]}" if ks
+                                else "val_seen_mAP")
         self.seen_idx, self.unseen_idx = split.indices(manifest.label_names)
         self.seen_vectors = np.stack([vectors[n] for n in split.seen]).astype(np.float32)
         self.unseen_vectors = (np.stack([vectors[n] for n in split.unseen]).astype(np.float32)
                                if split.unseen else np.zeros((0, self.seen_vectors.shape[1]), np.float32))
+
+    def save_run_files(self, run_dir):
+        """``label_split.json`` and ``label_embeddings.npz`` (names + raw word vectors), atomically."""
+        if self._to_save is None:
+            return
+        from mll_tf.training.atomic import atomic_path
+
+        split, names, vectors, source = self._to_save
+        with atomic_path(os.path.join(run_dir, "label_embeddings.npz"), suffix=".npz") as tmp:
+            np.savez(tmp, names=names, vectors=vectors, source=source)
+        split.save(os.path.join(run_dir, "label_split.json"))
 
     @property
     def num_train_examples(self):

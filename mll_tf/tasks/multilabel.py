@@ -82,12 +82,13 @@ class MultiLabelTask(Task):
     supports_finetune = True
     default_monitor = "val_mAP_partial"
     evaluate_options = ("threshold",)
+    resumable_fields = ("threshold",)
     #: --finetune on a GPU trains in mixed_float16
     mixed_precision_on_gpu = True
 
     # --- data ---------------------------------------------------------------------------------
-    def prepare(self, run_dir):
-        """Read the training labels (store or adapter), simulate partial labels, write ``partial_labels.json``."""
+    def prepare(self, run_dir, resume=False):
+        """Read the training labels (store or adapter) and simulate partial labels (writes nothing)."""
         if self.run.finetune:
             prepared = prepare_adapter(self.run)
             for s in ("train", "val"):
@@ -107,9 +108,15 @@ class MultiLabelTask(Task):
             self.label_names = list(manifest.label_names)
             self.groups = manifest.extra.get("attribute_groups")
             self.train_ids, full = read_ids_and_labels(self.features_dir("train"))
-        self.train_labels = self._simulate(full, run_dir)
+        self.train_labels = self._simulate(full)
 
-    def _simulate(self, full, run_dir):
+    def save_run_files(self, run_dir):
+        """``partial_labels.json``: the simulation scheme, seed and kept label counts (atomically)."""
+        from mll_tf.training.atomic import write_json
+
+        write_json(os.path.join(run_dir, "partial_labels.json"), self.partial_label_stats, indent=1)
+
+    def _simulate(self, full):
         from mll_tf.data.simulation import partial_label_stats, simulate
 
         scheme = self.run.partial_labels or "none"
@@ -118,8 +125,7 @@ class MultiLabelTask(Task):
         else:
             labels, stats = simulate(full, scheme, seed=self.run.seed)
         self.simulated = scheme != "none"
-        with open(os.path.join(run_dir, "partial_labels.json"), "w") as f:
-            json.dump({"scheme": scheme, "seed": self.run.seed, **stats}, f, indent=1)
+        self.partial_label_stats = {"scheme": scheme, "seed": self.run.seed, **stats}
         return labels
 
     @property

@@ -16,7 +16,7 @@ order, and later callbacks see what earlier ones put in ``logs``):
 5. :class:`AdaptiveLearningRate` -- LESA / IMCL ``LearningRate.adapt`` after
    each validation, with its state backed up.
 6. :class:`BestModelCheckpoint` (``best.keras``, ">=" as the references) and
-   ``keras.callbacks.ModelCheckpoint`` (``last.keras``).
+   :class:`LastModelCheckpoint` (``last.keras``), both written atomically.
 7. :class:`TensorBoard` (``keras.callbacks.TensorBoard``, fixed) and
    :class:`HistoryCSV` (``history.csv``).
 8. :class:`RoundLogger` -- one line per round when stdout is not a terminal.
@@ -47,6 +47,7 @@ __all__ = [
     "RoundControl",
     "RoundLogger",
     "RunBackup",
+    "LastModelCheckpoint",
     "TensorBoard",
     "TerminateOnNaN",
     "ValidationMetrics",
@@ -217,22 +218,54 @@ class AdaptiveLearningRate(keras.callbacks.Callback):
         model.optimizer.learning_rate.assign(self.rule.learning_rate)
 
 
-class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """``ModelCheckpoint(save_best_only=True, mode="max")`` that also saves on ties.
+class LastModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``keras.callbacks.ModelCheckpoint`` that writes the ``.keras`` file atomically.
+
+    The model goes to a temporary name and is renamed over ``filepath`` when
+    complete, so a kill while saving leaves the previous file intact.
+    """
+
+    def __init__(self, filepath, **kwargs):
+        super().__init__(filepath, **kwargs)
+
+    def _save_model(self, epoch, batch, logs):
+        from mll_tf.training.atomic import save_keras_model
+
+        filepath = self._get_file_path(epoch, batch, logs)
+        if self._should_save_model(epoch, batch, logs, filepath):
+            save_keras_model(self.model, filepath)
+            self._saved(filepath)
+
+    def _saved(self, filepath):
+        pass
+
+
+class BestModelCheckpoint(LastModelCheckpoint):
+    """``ModelCheckpoint(save_best_only=True, mode="max")`` that also saves on ties, atomically.
 
     The LESA reference keeps the best model when the monitored value is at
     least the best so far (``>=``); Keras' own comparison is strict. The best
     value is part of the run's backup, so a resumed run keeps comparing
-    against it.
+    against it; with ``weights_copy`` the best weights are also written there
+    (``backup/best.weights.h5``), so that a lost or damaged ``best.keras`` can
+    be re-created by ``--resume``.
     """
 
-    def __init__(self, filepath, monitor):
+    def __init__(self, filepath, monitor, weights_copy=None):
         super().__init__(filepath, monitor=monitor, mode="max", save_best_only=True)
+        self.weights_copy = weights_copy
 
     def _is_improvement(self, monitor_value, reference_value):
         if reference_value is None:
             return True
         return bool(np.greater_equal(monitor_value, reference_value))
+
+    def _saved(self, filepath):
+        if self.weights_copy:
+            from mll_tf.training.atomic import atomic_path
+
+            with atomic_path(self.weights_copy, suffix=".weights.h5") as tmp:
+                self.model.save_weights(tmp)
 
     def state_dict(self):
         best = self.best
@@ -313,8 +346,10 @@ class HistoryCSV(keras.callbacks.CSVLogger):
     first round, as the console's "round 1/N"), then the sorted log keys
     (``loss`` and the method's loss terms as training means, ``step``,
     ``learning_rate``, ``examples_per_sec``, the ``val_`` metrics). It is
-    appended to; :func:`truncate_history` drops the rows of rounds a resumed
-    run repeats.
+    appended to; the rows of the rounds a backup covers are also kept in the
+    backup, and a resumed run rewrites the file from them
+    (:func:`write_history`), so a row lost or cut short by a kill comes back
+    and a round repeated after a kill appears once.
     """
 
     def __init__(self, filename):
@@ -324,27 +359,29 @@ class HistoryCSV(keras.callbacks.CSVLogger):
         super().on_epoch_end(epoch + 1, logs)
 
 
-def truncate_history(path, completed_rounds):
-    """Keep the header and the rows of rounds ``1..completed_rounds`` of a ``history.csv``.
+def write_history(path, rows):
+    """Write ``history.csv`` atomically from round logs (the backup's ``history``).
 
-    A run killed after writing a round's row but before backing that round
-    up repeats the round when resumed; this keeps one row per round.
+    Args:
+        path: str.
+        rows: list of dicts, one per completed round in order (log key ->
+            value); ``epoch`` is the 1-based round number.
     """
     import csv
+    import io
 
-    if not os.path.exists(path):
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    from mll_tf.training.atomic import write_text
+
     if not rows:
+        write_text(path, "")
         return
-    keep = [rows[0]] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= completed_rounds]
-    if completed_rounds == 0:
-        keep = []
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(keep)
-    os.replace(tmp, path)
+    keys = sorted({k for r in rows for k in r if k != "epoch"})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["epoch"] + keys, lineterminator="\r\n")
+    w.writeheader()
+    for i, r in enumerate(rows, 1):
+        w.writerow({"epoch": r.get("epoch", i), **{k: r.get(k, "NA") for k in keys}})
+    write_text(path, buf.getvalue())
 
 
 class RoundLogger(keras.callbacks.Callback):
@@ -402,7 +439,9 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     ``start_example``).
 
     Files: ``<backup_dir>/step-<N>.weights.h5`` and ``step-<N>.json``
-    (``{"step": N, "rounds_done": R, "callbacks": {name: state}}``).
+    (``{"step": N, "rounds_done": R, "callbacks": {name: state}, "history":
+    [round logs]}``): the backup is the run's source of truth, from which
+    ``--resume`` re-creates ``history.csv`` and ``final_metrics.json``.
 
     Args:
         backup_dir: str.
@@ -418,6 +457,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         self.stateful = dict(stateful or {})
         self.round_control = round_control
         self.rounds_done = 0
+        self.history = []
 
     # -- restoring (called by the runner before fit) --------------------------------------
     @staticmethod
@@ -449,6 +489,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             if name in state.get("callbacks", {}):
                 cb.load_state_dict(state["callbacks"][name])
         self.rounds_done = int(state.get("rounds_done", 0))
+        self.history = list(state.get("history", []))[:self.rounds_done]
 
     def on_train_begin(self, logs=None):
         pass  # restored by the runner before fit (the input pipeline depends on the step)
@@ -456,6 +497,15 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     # -- saving -----------------------------------------------------------------------------
     def on_epoch_end(self, epoch, logs=None):
         self.rounds_done = epoch + 1
+        row = {"epoch": epoch + 1}
+        for k, v in (logs or {}).items():
+            if isinstance(v, (bool, np.bool_)):
+                continue
+            if isinstance(v, (int, np.integer)):
+                row[k] = int(v)
+            elif isinstance(v, (float, np.floating)):
+                row[k] = float(v)
+        self.history = self.history[:epoch] + [row]
         self._last_batch_seen = 0
         self._save_model()
 
@@ -472,9 +522,12 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         self.model.save_weights(weights + ".tmp.weights.h5", overwrite=True)
         os.replace(weights + ".tmp.weights.h5", weights)
         state = {"step": step, "rounds_done": self.rounds_done,
-                 "callbacks": {n: cb.state_dict() for n, cb in self.stateful.items()}}
+                 "callbacks": {n: cb.state_dict() for n, cb in self.stateful.items()},
+                 "history": self.history}
         with open(meta + ".tmp", "w") as f:
             json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(meta + ".tmp", meta)
         for old in self._steps(self.backup_dir)[:-2]:
             for ext in (".weights.h5", ".json"):

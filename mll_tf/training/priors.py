@@ -169,14 +169,16 @@ def save_prior_csv(path, class_names, prior):
     if bad:
         raise ValueError(f"{where}: values outside [0, 1] for classes "
                          f"{_show(bad)}")
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(PRIOR_CSV_HEADER)
-        for name, value in zip(names, values):
-            writer.writerow([name, _format_value(value)])
+    import io
+
+    from mll_tf.training.atomic import write_text
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(PRIOR_CSV_HEADER)
+    for name, value in zip(names, values):
+        writer.writerow([name, _format_value(value)])
+    write_text(path, buf.getvalue())   # parent folders are created; a kill leaves the old file
     return path
 
 

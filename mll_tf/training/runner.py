@@ -27,7 +27,6 @@ Run directory::
 """
 
 import datetime
-import json
 import os
 import platform
 import subprocess
@@ -35,7 +34,7 @@ import sys
 
 from mll_tf.training.config import config_to_dict
 
-__all__ = ["fit_task", "run_info"]
+__all__ = ["RESUMABLE_RUN_FIELDS", "RunDirectoryError", "check_resume", "fit_task", "run_info"]
 
 
 def _git_commit():
@@ -78,22 +77,14 @@ def run_info(config_source=None):
     }
 
 
-def _write_json(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def _save_config(task, run_dir):
     import yaml
 
+    from mll_tf.training.atomic import write_text
+
     path = os.path.join(run_dir, "config.yaml")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(f"# mll_tf run configuration; `experiments/train.py --config {path}` re-runs it\n")
-        yaml.safe_dump(config_to_dict(task.run, task.config), f, sort_keys=False)
-    os.replace(tmp, path)
+    write_text(path, f"# mll_tf run configuration; `experiments/train.py --config {path}` re-runs it\n"
+               + yaml.safe_dump(config_to_dict(task.run, task.config), sort_keys=False))
 
 
 def _verbose(verbose):
@@ -102,14 +93,106 @@ def _verbose(verbose):
     return int(verbose)
 
 
-def fit_task(task, *, resume=False, verbose="auto", config_source=None):
+#: Run options a resumed run may change: lengths, learning rate, bookkeeping, where files are, how the
+#: step is executed. Everything else (the method, its data and architecture, the order of the examples,
+#: the optimizer's kind) is fixed for the life of a run.
+RESUMABLE_RUN_FIELDS = frozenset({
+    "run_dir", "features_root", "data_root", "epochs", "max_steps", "eval_every", "learning_rate",
+    "weight_decay", "lr_schedule", "lr_signal", "lr_decay", "lr_patience", "lr_floor_fraction",
+    "steps_per_execution", "jit_compile", "cpu_replicas", "monitor", "log_every", "backup_every"})
+
+
+class RunDirectoryError(ValueError):
+    """The run directory holds a run that this command would overwrite or contradict."""
+
+
+def _run_files(run_dir):
+    return sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []
+
+
+def check_resume(task, run_dir):
+    """Refuse, before anything is written, a resume that would change a run's architecture or data.
+
+    Compares ``task``'s configuration with ``<run_dir>/config.yaml``. A field
+    left at its default takes the saved value (it was not asked for); a field
+    set to another value is refused by name unless it is in
+    :data:`RESUMABLE_RUN_FIELDS` or the task's ``resumable_fields``.
+
+    Raises:
+        RunDirectoryError: naming every conflicting flag, the saved and the
+            requested values.
+    """
+    import dataclasses
+
+    from mll_tf.tasks import load_task
+    from mll_tf.training.config import flag_name
+
+    if not os.path.isfile(os.path.join(run_dir, "config.yaml")):
+        return
+    saved = load_task(run_dir)
+    conflicts = []
+    for mine, theirs, allowed in ((task.run, saved.run, RESUMABLE_RUN_FIELDS),
+                                  (task.config, saved.config, frozenset(task.resumable_fields))):
+        if type(mine) is not type(theirs):
+            conflicts.append(f"--method {task.name} (the run is --method {saved.name})")
+            continue
+        defaults = type(mine)()
+        for f in dataclasses.fields(mine):
+            new, old = getattr(mine, f.name), getattr(theirs, f.name)
+            if new == old or f.name == "method":
+                continue
+            if new == getattr(defaults, f.name):  # not asked for: keep the run's value
+                setattr(mine, f.name, old)
+                continue
+            if f.name not in allowed:
+                conflicts.append(f"{flag_name(f.name)} {new!r} (the run has {old!r})")
+    if conflicts:
+        raise RunDirectoryError(
+            f"--resume: {run_dir} was trained otherwise; changing the architecture, the data or the "
+            f"order of the examples of a run is refused: {'; '.join(conflicts)}. Keep the run's values, or "
+            f"start a new run with another --run-dir (or --overwrite this one).")
+
+
+def _recreate_models(task, model, run_dir, state, backup_dir):
+    """``--resume``: re-create ``best.keras`` / ``last.keras`` that are missing or unreadable.
+
+    ``last.keras`` comes from the restored state; ``best.keras`` from the
+    best weights kept in the backup (``best.weights.h5``).
+    """
+    from mll_tf.training.atomic import keras_file_ok, save_keras_model
+
+    last = os.path.join(run_dir, "last.keras")
+    best = os.path.join(run_dir, "best.keras")
+    best_weights = os.path.join(backup_dir, "best.weights.h5")
+    if not keras_file_ok(best) and os.path.isfile(best_weights):
+        print(f"--resume: {best} is missing or damaged; re-created from {best_weights}")
+        model.load_weights(best_weights)
+        save_keras_model(model, best)
+        model.load_weights(state["weights"])
+    if not keras_file_ok(last) and state.get("rounds_done"):
+        print(f"--resume: {last} is missing or damaged; re-created from the backup at step {state['step']}")
+        save_keras_model(model, last)
+
+
+def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_source=None):
     """Train ``task`` with ``keras.Model.fit``; returns the last round's metrics.
+
+    What a run directory guarantees:
+
+    * every file is written atomically (a kill leaves the previous version);
+    * the backup (``backup/``) is the source of truth: ``--resume`` restarts
+      from its step and re-creates ``history.csv``, ``final_metrics.json``,
+      ``last.keras`` and ``best.keras`` when they are missing or damaged;
+    * an existing run is never overwritten silently (``overwrite`` clears it
+      first), and a resume that would change the run's architecture or data is
+      refused before anything is written.
 
     Args:
         task: a :class:`mll_tf.tasks.base.Task` (its ``run.run_dir`` is set).
         resume: bool, continue from the newest backup in ``<run_dir>/backup``
             (from the saved step; a finished run trains nothing, a run given
             more ``--epochs`` / ``--max-steps`` continues).
+        overwrite: bool, delete what ``run_dir`` holds and start a new run.
         verbose: ``"auto"`` (a Keras progress bar on a terminal, one line per
             round otherwise), 0, 1 or 2.
         config_source: str or None, the config file the run came from
@@ -123,19 +206,32 @@ def fit_task(task, *, resume=False, verbose="auto", config_source=None):
     Raises:
         MissingFeaturesError, ValueError: bad configuration or inputs, before
             anything is written.
+        RunDirectoryError: ``run_dir`` holds a run and neither ``resume`` nor
+            ``overwrite`` is given, or the resume contradicts the run.
         NonFiniteLossError: the loss became NaN or infinite.
     """
     import keras
 
     from mll_tf.optimizers import build_optimizer
     from mll_tf.training import callbacks as cbs
+    from mll_tf.training.atomic import write_json
     from mll_tf.training.distribute import make_strategy
     from mll_tf.training.schedules import build_lr_schedule
 
     run = task.run
-    task.check()
+    if resume and overwrite:
+        raise RunDirectoryError("--resume and --overwrite exclude each other")
     run_dir = run.run_dir or run.default_run_dir()
     run.run_dir = run_dir
+    existing = _run_files(run_dir)
+    if existing and not resume and not overwrite:
+        raise RunDirectoryError(
+            f"--run-dir {run_dir} already holds a run ({', '.join(existing[:4])}"
+            f"{', ...' if len(existing) > 4 else ''}); pass --resume to continue it, or --overwrite to delete it "
+            f"and start again")
+    if resume:
+        check_resume(task, run_dir)
+    task.check()
     strategy = make_strategy(run.cpu_replicas)
     replicas = strategy.num_replicas_in_sync
     if task.max_replicas is not None and replicas > task.max_replicas:
@@ -144,15 +240,9 @@ def fit_task(task, *, resume=False, verbose="auto", config_source=None):
     if run.batch_size % replicas:
         raise ValueError(f"--batch-size {run.batch_size} must be divisible by the {replicas} replicas")
 
-    os.makedirs(run_dir, exist_ok=True)
     backup_dir = os.path.join(run_dir, "backup")
     state = cbs.RunBackup.read_state(backup_dir) if resume else None
-    if resume and state is None:
-        print(f"--resume: no backup in {backup_dir}; starting from scratch")
-    task.prepare(run_dir)
-    _save_config(task, run_dir)
-    _write_json(os.path.join(run_dir, "run_info.json"), run_info(config_source))
-
+    task.prepare(run_dir, resume=state is not None)
     n = task.num_train_examples
     steps_per_round = run.steps_per_round(n)
     if steps_per_round < 1:
@@ -163,6 +253,19 @@ def fit_task(task, *, resume=False, verbose="auto", config_source=None):
     total_steps = run.total_steps(n)
     num_rounds = run.num_rounds(n)
     monitor = task.monitor
+
+    # Every check passed: only now is the run directory touched.
+    if overwrite and existing:
+        import shutil
+
+        print(f"--overwrite: deleting the run in {run_dir}")
+        shutil.rmtree(run_dir)
+    if resume and state is None:
+        print(f"--resume: no backup in {backup_dir}; starting from scratch")
+    os.makedirs(run_dir, exist_ok=True)
+    task.save_run_files(run_dir)
+    _save_config(task, run_dir)
+    write_json(os.path.join(run_dir, "run_info.json"), run_info(config_source))
 
     keras.utils.set_random_seed(run.seed)
     with strategy.scope():
@@ -177,7 +280,8 @@ def fit_task(task, *, resume=False, verbose="auto", config_source=None):
           f"steps of {run.batch_size}; monitor {monitor}")
 
     round_control = cbs.RoundControl(steps_per_round, total_steps, 0, run.batch_size)
-    best = cbs.BestModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor)
+    best = cbs.BestModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor,
+                                   weights_copy=os.path.join(backup_dir, "best.weights.h5"))
     stateful = {"best": best}
     rule = build_lr_schedule(run)
     adaptive = cbs.AdaptiveLearningRate(rule, monitor) if rule is not None else None
@@ -190,20 +294,22 @@ def fit_task(task, *, resume=False, verbose="auto", config_source=None):
     backup = cbs.RunBackup(backup_dir, run.backup_every, stateful, round_control)
 
     start_step = 0
+    history_path = os.path.join(run_dir, "history.csv")
+    final_path = os.path.join(run_dir, "final_metrics.json")
     if state is not None:
         backup.restore(model, state)
         start_step = int(state["step"])
         if adaptive is not None:
             adaptive.restore_learning_rate(model)
         print(f"resumed from {state['weights']} (step {start_step}, {backup.rounds_done} rounds done)")
-    cbs.truncate_history(os.path.join(run_dir, "history.csv"), backup.rounds_done)
-    final_path = os.path.join(run_dir, "final_metrics.json")
+        _recreate_models(task, model, run_dir, state, backup_dir)
+    cbs.write_history(history_path, backup.history)
     if start_step >= total_steps:
         print(f"all {total_steps} steps already done in {run_dir}; nothing to train")
-        if os.path.exists(final_path):
-            with open(final_path) as f:
-                return json.load(f)
-        return {}
+        metrics = {k: v for k, v in backup.history[-1].items() if k != "epoch"} if backup.history else {}
+        if metrics:
+            write_json(final_path, metrics)
+        return metrics
     round_control.step = round_control._round_start_step = start_step
 
     tensorboard = cbs.TensorBoard(os.path.join(run_dir, "tb"), run.log_every, start_step)
@@ -212,27 +318,23 @@ def fit_task(task, *, resume=False, verbose="auto", config_source=None):
     callbacks += task_callbacks
     if adaptive is not None:
         callbacks.append(adaptive)
-    callbacks += [best, keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "last.keras")),
-                  tensorboard, cbs.HistoryCSV(os.path.join(run_dir, "history.csv"))]
+    callbacks += [best, cbs.LastModelCheckpoint(os.path.join(run_dir, "last.keras")),
+                  tensorboard, cbs.HistoryCSV(history_path)]
     if verbose == 0:
         callbacks.append(cbs.RoundLogger(num_rounds, best=best))
     callbacks.append(backup)
 
     dataset = task.train_dataset(run.batch_size, start_step=start_step)
     try:
-        history = model.fit(dataset, epochs=num_rounds, steps_per_epoch=steps_per_round,
-                            initial_epoch=start_step // steps_per_round, callbacks=callbacks, shuffle=False,
-                            verbose=verbose)
+        model.fit(dataset, epochs=num_rounds, steps_per_epoch=steps_per_round,
+                  initial_epoch=start_step // steps_per_round, callbacks=callbacks, shuffle=False,
+                  verbose=verbose)
     except BaseException:
         tensorboard.abort()
         raise
-    metrics = {}
-    if history.history:
-        metrics = {k: float(v[-1]) for k, v in history.history.items()}
     task.on_fit_end(model, run_dir)
+    cbs.write_history(history_path, backup.history)   # the backup's rows: exactly one per round
+    metrics = {k: v for k, v in backup.history[-1].items() if k != "epoch"} if backup.history else {}
     if metrics:
-        _write_json(final_path, metrics)
-    elif os.path.exists(final_path):
-        with open(final_path) as f:
-            metrics = json.load(f)
+        write_json(final_path, metrics)
     return metrics

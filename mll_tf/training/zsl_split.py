@@ -39,8 +39,10 @@ class LabelSplit:
         return self.unseen + self.seen
 
     def save(self, path):
-        with open(path, "w") as f:
-            json.dump(dataclasses.asdict(self), f, indent=2)
+        """Write the split as JSON, atomically."""
+        from mll_tf.training.atomic import write_json
+
+        write_json(path, dataclasses.asdict(self))
 
     @classmethod
     def load(cls, path):

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from mll_tf.training.callbacks import BestModelCheckpoint, RunBackup, truncate_history
+from mll_tf.training.callbacks import BestModelCheckpoint, RunBackup, write_history
 from tests.helpers import toy_task
 
 from tests.conftest import TOY_NAMES as NAMES  # noqa: E402
@@ -99,12 +99,12 @@ def test_best_checkpoint_keeps_ties_and_its_state(tmp_path):
     assert again.best == 0.75
 
 
-def test_truncate_history_keeps_completed_rounds(tmp_path):
+def test_history_is_written_from_the_backups_rows(tmp_path):
     path = tmp_path / "history.csv"
-    path.write_text("epoch,loss\n1,0.5\n2,0.4\n3,0.3\n")
-    truncate_history(str(path), 2)
-    assert path.read_text().splitlines() == ["epoch,loss", "1,0.5", "2,0.4"]
-    truncate_history(str(path), 0)
+    write_history(str(path), [{"epoch": 1, "loss": 0.5, "step": 12}, {"epoch": 2, "loss": 0.25, "step": 24}])
+    assert list(csv.DictReader(open(path))) == [{"epoch": "1", "loss": "0.5", "step": "12"},
+                                                 {"epoch": "2", "loss": "0.25", "step": "24"}]
+    write_history(str(path), [])
     assert path.read_text() == ""
 
 
