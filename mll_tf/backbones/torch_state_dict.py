@@ -21,6 +21,17 @@ Two container formats are supported:
 
 Format reference: ``torch/serialization.py`` (``_legacy_save``, ``_load``)
 and ``torch/_utils.py`` (``_rebuild_tensor_v2``) in PyTorch.
+
+Bounded: a crafted file cannot make the loader allocate much more than it
+holds. The unpickler is Python's pure-Python one (its memo is a dict; the C
+unpickler grows its memo table to the largest index a ``LONG_BINPUT`` names,
+so a 9-byte pickle can take GiBs), reading from memory (a declared length
+never reserves more than the bytes present); the calls it makes are charged
+against a budget of 8 x the pickle's size + 1 MiB; a storage whose declared
+size exceeds the bytes present (after at most 16x decompression for a
+compressed zip member) is refused before anything is read; and the arrays
+built (overlapping views such as stride 0 can describe more data than their
+storage) may take at most 4 x the file size + 16 MiB in all.
 """
 import collections
 import functools
@@ -33,6 +44,15 @@ import zipfile
 import numpy as np
 
 __all__ = ["UnsafePickleError", "load_torch_state_dict"]
+
+#: The calls of a pickle may allocate this many times its size (+ the slack).
+_PICKLE_ALLOCATION_FACTOR = 8
+_PICKLE_ALLOCATION_SLACK = 1 << 20
+#: The arrays of a file may take this many times its size (+ the slack).
+_OUTPUT_FACTOR = 4
+_OUTPUT_SLACK = 16 << 20
+#: A compressed zip member may expand at most this many times (+ 4096 bytes).
+_MAX_COMPRESSION_RATIO = 16
 
 # Legacy-format constants from torch/serialization.py.
 _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -121,19 +141,64 @@ _ALLOWED_FUNCTIONS = {
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals of a tensor state dict."""
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Pure-Python unpickler that resolves only the globals of a tensor state dict.
+
+    Reads from an in-memory file; the calls of the allowed globals are
+    charged against a budget of ``_PICKLE_ALLOCATION_FACTOR`` x the bytes
+    left in the file + ``_PICKLE_ALLOCATION_SLACK``; ``BUILD`` is allowed only
+    on dicts (``OrderedDict._metadata``) with a dict state.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file, filename):
         super().__init__(file)
         self.filename = filename
         self.storages = {}
+        self._file_readline = self._strict_readline(self._file_readline)
+        pos = file.tell()
+        size = file.seek(0, io.SEEK_END) - pos
+        file.seek(pos)
+        self.budget = _PICKLE_ALLOCATION_FACTOR * size + _PICKLE_ALLOCATION_SLACK
+        self.allocated = 0
+
+    @staticmethod
+    def _strict_readline(readline):
+        """``readline`` that raises EOFError on a line cut short (pure-Python pickle trusts it)."""
+        def strict():
+            line = readline()
+            if not line.endswith(b"\n"):
+                raise EOFError("pickle data was truncated")
+            return line
+        return strict
+
+    def _charge(self, nbytes, what):
+        self.allocated += int(nbytes)
+        if self.allocated > self.budget:
+            raise UnsafePickleError(
+                f"refusing '{self.filename}': {what} would allocate {int(nbytes)} "
+                f"bytes, past the budget of {self.budget} bytes for this pickle "
+                f"({_PICKLE_ALLOCATION_FACTOR} x its size + "
+                f"{_PICKLE_ALLOCATION_SLACK})")
+
+    def _charged_call(self, func, name, *args):
+        n = 0
+        for a in args:
+            try:
+                n += len(a)
+            except TypeError:
+                pass
+        self._charge(64 + 64 * n, f"{name}({n} items)")
+        return func(*args)
 
     def find_class(self, module, name):
         if (module, name) in _ALLOWED_FUNCTIONS:
             # A fresh wrapper per lookup, so that a BUILD opcode aimed at the
             # returned object cannot alter this module's functions.
-            return functools.partial(_ALLOWED_FUNCTIONS[(module, name)])
+            return functools.partial(self._charged_call,
+                                     _ALLOWED_FUNCTIONS[(module, name)],
+                                     f"{module}.{name}")
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
         raise UnsafePickleError(
@@ -141,6 +206,31 @@ class _RestrictedUnpickler(pickle.Unpickler):
             f"'{self.filename}': only tensor state dicts are allowed "
             "(collections.OrderedDict, torch._utils._rebuild_tensor_v2, "
             "torch.*Storage)")
+
+    def load_build(self):
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if isinstance(state, tuple) and len(state) == 2 and state[1] is None:
+            state = state[0]
+        if not (isinstance(inst, dict) and isinstance(state, dict)):
+            raise UnsafePickleError(
+                f"refusing '{self.filename}': BUILD (__setstate__) on a "
+                f"{type(inst).__name__}; only a dict's attributes may be set")
+        self._charge(64 + 64 * len(state), "BUILD")
+        inst.__dict__.update(state)
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def load_bytearray8(self):
+        size, = struct.unpack("<Q", self.read(8))
+        data = self.read(size)
+        if len(data) != size:
+            raise pickle.UnpicklingError(
+                f"BYTEARRAY8 of {size} bytes, {len(data)} present")
+        self._charge(len(data), "BYTEARRAY8")
+        self.append(bytearray(data))
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
 
     def persistent_load(self, pid):
         # pid = ('storage', storage_type, key, location, numel[, view_meta])
@@ -163,6 +253,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         key = str(key)
         ref = self.storages.get(key)
         if ref is None:
+            self._charge(256, "a storage reference")
             ref = _StorageRef(storage_type, key, int(numel))
             self.storages[key] = ref
         return ref
@@ -174,25 +265,64 @@ def _unpickle(file, filename):
     return unpickler.load(), unpickler.storages
 
 
-def _materialise(obj, arrays, filename):
-    """Replace every _LazyTensor inside ``obj`` by an owning np.ndarray."""
+class _OutputBudget:
+    """Bytes the arrays of one file may take: ``_OUTPUT_FACTOR`` x its size + slack."""
+
+    def __init__(self, file_size, filename):
+        self.limit = _OUTPUT_FACTOR * file_size + _OUTPUT_SLACK
+        self.file_size = file_size
+        self.filename = filename
+        self.used = 0
+
+    def charge(self, size, nbytes):
+        self.used += nbytes
+        if self.used > self.limit:
+            raise ValueError(
+                f"'{self.filename}': a tensor of size {size} ({nbytes} bytes) "
+                f"brings the arrays to {self.used} bytes, more than "
+                f"{_OUTPUT_FACTOR} x the file's {self.file_size} bytes + "
+                f"{_OUTPUT_SLACK}: overlapping views (stride 0) describe more "
+                "data than the file holds; refused")
+
+
+def _materialise(obj, arrays, filename, budget=None, memo=None):
+    """Replace every _LazyTensor inside ``obj`` by an owning np.ndarray.
+
+    Containers shared in the pickle are materialised once and stay shared
+    (a pickle of nested shared lists would otherwise expand exponentially).
+    """
+    if budget is None:
+        budget = _OutputBudget(0, filename)
+        budget.limit = float("inf")
+    if memo is None:
+        memo = {}
     if isinstance(obj, _LazyTensor):
         if not isinstance(obj.storage, _StorageRef) or \
                 obj.storage.key not in arrays:
             raise ValueError(f"'{filename}': tensor without a storage")
-        return _tensor_to_array(obj, arrays[obj.storage.key], filename)
+        return _tensor_to_array(obj, arrays[obj.storage.key], filename, budget)
+    if not isinstance(obj, (dict, list, tuple)):
+        return obj
+    done = memo.get(id(obj))
+    if done is not None:
+        return done[1]
     if isinstance(obj, collections.OrderedDict):
-        return collections.OrderedDict(
-            (k, _materialise(v, arrays, filename)) for k, v in obj.items())
-    if isinstance(obj, dict):
-        return {k: _materialise(v, arrays, filename) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_materialise(v, arrays, filename) for v in obj)
-    return obj
+        out = collections.OrderedDict(
+            (k, _materialise(v, arrays, filename, budget, memo)) for k, v in obj.items())
+    elif isinstance(obj, dict):
+        out = {k: _materialise(v, arrays, filename, budget, memo) for k, v in obj.items()}
+    else:
+        out = type(obj)(_materialise(v, arrays, filename, budget, memo) for v in obj)
+    memo[id(obj)] = (obj, out)   # obj kept alive so its id is not reused
+    return out
 
 
-def _tensor_to_array(tensor, storage, filename):
-    """Copy a (possibly strided, offset) view of ``storage`` into an array."""
+def _tensor_to_array(tensor, storage, filename, budget=None):
+    """Copy a (possibly strided, offset) view of ``storage`` into an array.
+
+    ``budget`` (:class:`_OutputBudget`) is charged the array's bytes before
+    the copy is made.
+    """
     size, stride, offset = tensor.size, tensor.stride, tensor.offset
     if not (isinstance(size, tuple) and isinstance(stride, tuple)
             and all(type(v) is int for v in size + stride + (offset,))):
@@ -206,6 +336,11 @@ def _tensor_to_array(tensor, storage, filename):
             f"stride={stride} offset={offset}")
     is_bf16 = tensor.storage.storage_type.name == "BFloat16Storage"
     native = storage.dtype.newbyteorder("=")
+    numel = 1
+    for n in size:
+        numel *= n
+    if budget is not None:
+        budget.charge(size, numel * (4 if is_bf16 else native.itemsize))
     if 0 in size:
         return np.zeros(size, dtype=np.float32 if is_bf16 else native)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
@@ -229,7 +364,11 @@ def _storage_dtype(ref, little_endian):
 
 
 def _load_legacy(f, filename):
-    """Read the legacy (pre-1.6, non-zip) torch.save format."""
+    """Read the legacy (pre-1.6, non-zip) torch.save format.
+
+    ``f`` is an in-memory binary file (``io.BytesIO``) holding the whole
+    file; storages are zero-copy views of its buffer.
+    """
     magic, _ = _unpickle(f, filename)
     if magic != _LEGACY_MAGIC_NUMBER:
         raise ValueError(
@@ -247,6 +386,7 @@ def _load_legacy(f, filename):
     if not isinstance(keys, list):
         raise ValueError(f"'{filename}': storage key list is missing")
     count_fmt = "<q" if little_endian else ">q"
+    buffer = f.getbuffer()
     arrays = {}
     for key in keys:
         key = str(key)
@@ -266,12 +406,15 @@ def _load_legacy(f, filename):
                 f"elements, the pickle says {ref.numel}")
         dtype = _storage_dtype(ref, little_endian)
         nbytes = numel * dtype.itemsize
-        data = f.read(nbytes)
-        if len(data) != nbytes:
+        start = f.tell()
+        remain = len(buffer) - start
+        if nbytes > remain:
             raise ValueError(
-                f"'{filename}' is truncated: storage '{key}' needs {nbytes} "
-                f"bytes, {len(data)} remain")
-        arrays[key] = np.frombuffer(data, dtype=dtype)
+                f"'{filename}' is truncated: storage '{key}' declares {numel} "
+                f"elements = {nbytes} bytes, {remain} remain")
+        arrays[key] = np.frombuffer(buffer, dtype=dtype, count=numel,
+                                    offset=start)
+        f.seek(start + nbytes)
     missing = set(storages) - set(arrays)
     if missing:
         raise ValueError(
@@ -302,6 +445,19 @@ def _load_zip(path, filename):
                 raise ValueError(
                     f"'{filename}' is corrupt: missing '{member}'")
             dtype = _storage_dtype(ref, little_endian)
+            info = archive.getinfo(member)
+            needed = ref.numel * dtype.itemsize
+            if needed > info.file_size:
+                raise ValueError(
+                    f"'{filename}' is truncated: '{member}' holds "
+                    f"{info.file_size} bytes, needs {needed}")
+            if (info.compress_type != zipfile.ZIP_STORED and info.file_size
+                    > _MAX_COMPRESSION_RATIO * info.compress_size + 4096):
+                raise ValueError(
+                    f"'{filename}': '{member}' is compressed: "
+                    f"{info.compress_size} bytes declaring {info.file_size}, "
+                    f"more than {_MAX_COMPRESSION_RATIO} x; refused "
+                    "(torch.save stores storages uncompressed)")
             data = archive.read(member)
             if len(data) < ref.numel * dtype.itemsize:
                 raise ValueError(
@@ -339,10 +495,16 @@ def load_torch_state_dict(path):
     Raises:
         UnsafePickleError: the pickle names any other global (e.g.
             ``os.system``, ``builtins.eval``, an ``nn.Module`` class); the
-            message names ``module.name`` and the file.
-        ValueError: the file is truncated or corrupt, is not a PyTorch file,
-            or does not hold a mapping at the top level; the message names
-            the file.
+            message names ``module.name`` and the file. Also when its calls
+            would allocate more than the pickle's budget, or it sets the
+            state of anything but a dict.
+        ValueError: the file is truncated or corrupt (a storage declaring
+            more bytes than are present: ``"'<path>' is truncated: storage
+            '0' declares 67108864 elements = 268435456 bytes, 16 remain"``),
+            is not a PyTorch file, does not hold a mapping at the top level,
+            has a compressed storage expanding more than 16x, or its
+            tensors would take more than 4 x the file size + 16 MiB; the
+            message names the file.
         FileNotFoundError: ``path`` does not exist.
     """
     path = os.fspath(path)
@@ -351,11 +513,12 @@ def load_torch_state_dict(path):
             obj, arrays = _load_zip(path, path)
         else:
             with open(path, "rb") as f:
-                obj, arrays = _load_legacy(f, path)
+                obj, arrays = _load_legacy(io.BytesIO(f.read()), path)
         if not isinstance(obj, dict):
             raise ValueError(
                 f"'{path}' holds a {type(obj).__name__}, not a state dict")
-        return _materialise(collections.OrderedDict(obj), arrays, path)
+        budget = _OutputBudget(os.path.getsize(path), path)
+        return _materialise(collections.OrderedDict(obj), arrays, path, budget)
     except (UnsafePickleError, ValueError):
         raise
     except (EOFError, pickle.UnpicklingError, struct.error,

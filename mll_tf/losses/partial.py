@@ -63,6 +63,24 @@ def _check_prior(prior, where):
     return arr.astype(np.float32)
 
 
+def _focal_power(base, exponent):
+    """``base ** exponent`` for base >= 0, exponent >= 0, with a finite gradient at base 0.
+
+    The values are those of ``ops.power`` (``0 ** 0 = 1``, ``0 ** g = 0`` for
+    g > 0; unchanged wherever base != 0). The gradient with respect to
+    ``base`` is 0 where base == 0: TF's ``pow`` gradient there is
+    ``exponent * 0 ** (exponent - 1)`` = ``0 * inf`` (NaN) for exponent 0 and
+    inf for 0 < exponent < 1, and the chain with ``d(1 - p)/dz = -p (1 - p) = 0``
+    made the loss gradient NaN. The true derivative of ``(1 - p) ** g`` with
+    respect to the logit, ``-g p (1 - p) ** g``, is 0 there, and PyTorch's
+    ``pow`` backward (the references) masks exponent 0 to 0.
+    """
+    zero = ops.equal(base, 0.0)
+    safe = ops.where(zero, ops.ones_like(base), base)
+    at_zero = ops.where(ops.equal(exponent, 0.0), 1.0, 0.0)
+    return ops.where(zero, ops.broadcast_to(at_zero, ops.shape(base)), ops.power(safe, exponent))
+
+
 def _static_num_classes(y_pred):
     shape = getattr(y_pred, "shape", None)
     if shape is None or len(shape) != 2:
@@ -357,6 +375,8 @@ class PartialAsymmetricLoss(keras.losses.Loss):
         base = 1.0 - p_sg * pos - p_neg_sg * (neg + unann)
         exponent = (self.gamma_pos * pos + self.gamma_neg * neg
                     + self.gamma_unann * unann)
+        # base is built from stop_gradient'ed p: pow's gradient (0 * inf = NaN
+        # at base 0, exponent 0) never reaches the logits, unlike in ASL.
         focusing = ops.power(base, exponent)
         weights = ops.stop_gradient(self._mode_weights(y, p_neg_sg, unann))
         return -ops.sum(bce * focusing * weights, axis=1)
@@ -408,7 +428,11 @@ class AsymmetricLoss(keras.losses.Loss):
     weight w goes through ``stop_gradient``, as the ASL paper's
     ``AsymmetricLoss(disable_torch_grad_focal_loss=True)``. The ASL repo's
     ``AsymmetricLossOptimized`` (default False) and DOR-ML's ``asl.py``
-    back-propagate through w; pass ``False`` to match them.
+    back-propagate through w; pass ``False`` to match them. Where the base
+    1 - p*t - p_neg*(1 - t) is exactly 0 (a positive with p = 1 in float32,
+    logit >= 17; a negative with p_neg = 1), the gradient through w is 0
+    (the limit; PyTorch's ``pow`` backward gives 0 for exponent 0), not
+    TF's ``0 * inf`` = NaN; the values are unchanged.
 
     Reduction: ``call`` returns the per-example loss [B] (sum over classes);
     the default Keras reduction averages it over the batch (the global batch
@@ -478,8 +502,8 @@ class AsymmetricLoss(keras.losses.Loss):
             if self.disable_focal_gradient:
                 p, p_neg = ops.stop_gradient(p), ops.stop_gradient(p_neg)
             pt = p * t + p_neg * (1.0 - t)
-            weight = ops.power(1.0 - pt, self.gamma_pos * t
-                               + self.gamma_neg * (1.0 - t))
+            weight = _focal_power(1.0 - pt, self.gamma_pos * t
+                                  + self.gamma_neg * (1.0 - t))
             loss = loss * weight
         if self.ignore_unknown:
             loss = loss * ops.cast(known_bool, "float32")

@@ -14,7 +14,10 @@ CSV format: a header row; an image column (default ``filename``, option
 ``image_column``) holding a path relative to ``image_dir``; one column per
 attribute. A cell holds the class, as a class name or an integer code
 (0-based index into the spec's class list). ``#N/A``, ``NA``, ``N/A`` (any
-case) and empty cells are unknown. Files are read as UTF-8 (a BOM is allowed).
+case) and empty cells are unknown. Files are read as UTF-8 (a BOM is allowed)
+unless the option ``encoding`` names another codec (``--dataset-options
+encoding=latin-1``); a file that does not decode raises ``ValueError`` naming
+the file, the line and the option, not a ``UnicodeDecodeError`` traceback.
 
 Labels: columns are the concatenation of the attribute groups, named
 ``"<attribute>=<class>"``. For a known attribute the group is one-hot (1 for
@@ -60,6 +63,7 @@ attribute: the "after" counts in ``extra["oversampling"]`` are not balanced
 everywhere. Nothing is printed; the CLI prints the report.
 """
 
+import codecs
 import collections
 import csv
 import hashlib
@@ -77,6 +81,45 @@ UNKNOWN_TOKENS = frozenset({"#n/a", "na", "n/a", ""})
 SPLIT_FILES = {"train": "train.csv", "val": "val.csv", "test": "test.csv"}
 SINGLE_FILE = "attributes.csv"
 UNKNOWN_ROW = "unknown"
+
+
+def check_encoding(encoding, adapter):
+    """The Python codec name of ``encoding`` (UTF-8 read BOM-tolerant as ``utf-8-sig``).
+
+    Raises:
+        ValueError: ``"<adapter>: unknown encoding '<x>' (option encoding=)"``.
+    """
+    try:
+        name = codecs.lookup(str(encoding)).name
+    except LookupError:
+        raise ValueError(f"{adapter}: unknown encoding {encoding!r} (option encoding=, e.g. "
+                         "--dataset-options encoding=latin-1)") from None
+    return "utf-8-sig" if name == "utf-8" else name
+
+
+def decode_error(path, encoding, error, adapter):
+    """A ``ValueError`` naming ``path``, the line of the first bad byte and the option.
+
+    Args:
+        path: str, the file that failed to decode.
+        encoding: str, the codec used.
+        error: the ``UnicodeDecodeError``.
+        adapter: str, the adapter name (message prefix).
+    """
+    line, where = None, ""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        where = f" line {line} (byte 0x{data[e.start]:02x} at offset {e.start})"
+    except OSError:
+        pass
+    shown = "utf-8" if encoding == "utf-8-sig" else encoding
+    return ValueError(f"{adapter}: {path}{where} is not valid {shown} text ({error.reason}); pass "
+                      "the file's encoding with the adapter option encoding= (--dataset-options "
+                      "encoding=latin-1)")
 
 
 def load_spec(spec):
@@ -99,8 +142,12 @@ def load_spec(spec):
         where = str(spec)
         if not os.path.exists(where):
             raise FileNotFoundError(f"attributes_csv: spec file {where} not found")
-        with open(where, encoding="utf-8") as f:
-            text = f.read()
+        try:
+            with open(where, encoding="utf-8-sig") as f:
+                text = f.read()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"attributes_csv: spec file {where} is not valid UTF-8 ({e.reason} at "
+                             f"byte {e.start}); save it as UTF-8 (JSON and YAML are UTF-8)") from None
         try:
             if where.lower().endswith(".json"):
                 spec = json.loads(text)
@@ -133,8 +180,13 @@ def is_unknown(value):
     return value is None or value.strip().lower() in UNKNOWN_TOKENS
 
 
-def read_csv(path, image_column):
+def read_csv(path, image_column, encoding="utf-8"):
     """Read an attribute CSV.
+
+    Args:
+        path: str.
+        image_column: str, the column that must be present.
+        encoding: str, a Python codec name; UTF-8 (the default) accepts a BOM.
 
     Returns:
         (header: list of str, rows: list of ``(row_number, line_number,
@@ -143,9 +195,19 @@ def read_csv(path, image_column):
     Raises:
         ValueError: naming ``path`` for an empty file, a missing image column,
             duplicate header names, or a row with a different number of fields
-            (naming the row).
+            (naming the row); for bytes that are not valid in ``encoding``
+            (naming the line and the ``encoding=`` option); for an unknown
+            encoding.
     """
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    encoding = check_encoding(encoding, "attributes_csv")
+    try:
+        return _read_csv(path, image_column, encoding)
+    except UnicodeDecodeError as e:
+        raise decode_error(path, encoding, e, "attributes_csv") from None
+
+
+def _read_csv(path, image_column, encoding):
+    with open(path, newline="", encoding=encoding) as f:
         reader = csv.reader(f)
         try:
             header = [h.strip() for h in next(reader)]
@@ -293,12 +355,14 @@ class AttributesCSV:
         seed: int, oversampling permutation seed.
         verify_images: bool, open each image with PIL while scanning
             (unreadable -> skipped); default True.
+        encoding: str, text encoding of the CSV files (default ``"utf-8"``,
+            a BOM allowed; e.g. ``"latin-1"``, ``"cp1252"``).
 
     ``prepare()`` labels are int8 in {1, 0, -1}, columns ``"<attribute>=<class>"``.
     ``extra`` keys: ``root``, ``image_dir`` (absolute), ``image_column``,
     ``attribute_groups`` ({attribute: [column indices]}),
     ``attribute_classes`` ({attribute: [class names]}), ``spec`` (path or
-    "inline" or None), ``split_source`` ("files" or "hash"),
+    "inline" or None), ``split_source`` ("files" or "hash"), ``encoding``,
     ``ignored_columns``, ``label_counts_by_split``, ``unknown_counts_by_split``
     ({split: {attribute: images}}), ``oversampling`` (None, or
     ``{"oversample_to", "max_repeat", "seed", "copies", "before", "after",
@@ -306,17 +370,22 @@ class AttributesCSV:
 
     Raises:
         FileNotFoundError: no CSV in ``root`` or a missing spec file (named).
-        ValueError: bad options; a bad CSV (file and row named), a value that
-            is not a class of the spec (file, row, attribute, value), a path
-            outside ``image_dir`` (row and path), a duplicate image.
+        ValueError: bad options (an unknown ``encoding`` named); a bad CSV
+            (file and row named), a CSV that is not valid text in
+            ``encoding`` (file, line and the ``encoding=`` option named), a
+            value that is not a class of the spec (file, row, attribute,
+            value), a path outside ``image_dir`` (row and path), a duplicate
+            image.
     """
 
     name = "attributes_csv"
 
     def __init__(self, root=DEFAULT_ROOT, image_column="filename", spec=None, image_dir=None,
                  val_fraction=0.1, test_fraction=0.2, oversample_to=None, max_repeat=10,
-                 seed=0, verify_images=True):
+                 seed=0, verify_images=True, encoding="utf-8"):
         self.root = root
+        self.encoding = encoding
+        check_encoding(encoding, "attributes_csv")
         self.image_column = image_column
         self.spec = spec
         self.image_dir = image_dir
@@ -353,7 +422,7 @@ class AttributesCSV:
         image_dir = os.path.abspath(os.path.join(root, self.image_dir or "images"))
         image_dir_real = os.path.realpath(image_dir)
         sources, split_source = self._sources()
-        tables = [(s, p) + read_csv(p, self.image_column) for s, p in sources]
+        tables = [(s, p) + read_csv(p, self.image_column, self.encoding) for s, p in sources]
 
         spec = load_spec(self.spec) if self.spec is not None else None
         all_columns = []
@@ -474,6 +543,7 @@ class AttributesCSV:
                      os.path.abspath(self.spec) if isinstance(self.spec, (str, os.PathLike))
                      else "inline"),
             "split_source": split_source,
+            "encoding": self.encoding,
             "ignored_columns": ignored,
             "label_counts_by_split": counts,
             "unknown_counts_by_split": unknown,

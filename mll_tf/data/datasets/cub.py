@@ -26,6 +26,11 @@ min_certainty`` (certainties: 1 not visible, 2 guessing, 3 probably,
 every answer, as IMCL does. An (image, attribute) pair without a row is
 ``-1``; a pair given twice keeps the positive answer (counted).
 
+Text encoding: the metadata files are read as UTF-8 (the official release
+is ASCII) unless the option ``encoding`` names another codec
+(``--dataset-options encoding=latin-1``); bytes that do not decode raise
+``ValueError`` naming the file, the line and the option.
+
 Splits: ``test`` = ``is_training_image == 0``; the training images are split
 by the SHA-1 of their relative path: ``int(sha1[:8], 16) / 2**32 <
 val_fraction`` -> ``val``, the rest -> ``train`` (deterministic, about
@@ -52,6 +57,7 @@ import numpy as np
 from mll_tf.data.adapter import ImageRecord, PreparedDataset
 from mll_tf.data.images import decode_image
 from mll_tf.data.datasets._registry import register_dataset
+from mll_tf.data.datasets.attributes_csv import check_encoding, decode_error
 
 DEFAULT_ROOT = "data/CUB"
 
@@ -83,16 +89,25 @@ def attribute_text(name):
     return re.sub(r"\s+", " ", t).strip()
 
 
-def _read_id_table(path, what, n_fields=2):
+def _read_id_table(path, what, n_fields=2, encoding="utf-8"):
     """Read ``<int id> <value>`` lines -> dict id -> value (str).
 
     Raises:
-        FileNotFoundError / ValueError naming the file and line.
+        FileNotFoundError / ValueError naming the file and line (also for
+        bytes that are not valid in ``encoding``, naming the option).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"cub: {what} not found: {path!r}")
+    encoding = check_encoding(encoding, "cub")
+    try:
+        return _read_id_lines(path, what, n_fields, encoding)
+    except UnicodeDecodeError as e:
+        raise decode_error(path, encoding, e, "cub") from None
+
+
+def _read_id_lines(path, what, n_fields, encoding):
     out = {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding=encoding) as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -109,7 +124,8 @@ def _read_id_table(path, what, n_fields=2):
     return out
 
 
-def read_image_attribute_labels(path, image_index, num_attributes, min_certainty=1):
+def read_image_attribute_labels(path, image_index, num_attributes, min_certainty=1,
+                                encoding="utf-8"):
     """Read ``image_attribute_labels.txt`` into a dense label matrix.
 
     Args:
@@ -117,6 +133,7 @@ def read_image_attribute_labels(path, image_index, num_attributes, min_certainty
         image_index: dict CUB image id -> row index.
         num_attributes: int A (columns; attribute ids are 1..A).
         min_certainty: int in 1..4; answers below it are left unknown.
+        encoding: str, text encoding (default UTF-8).
 
     Returns:
         ``(labels, stats)``: int8 ``[len(image_index), A]`` in {1, 0, -1}
@@ -128,19 +145,27 @@ def read_image_attribute_labels(path, image_index, num_attributes, min_certainty
         FileNotFoundError: if ``path`` does not exist.
         ValueError: naming the file and line for a row with fewer than five
             or more than six fields, a non-integer field, an unknown image or
-            attribute id, ``is_present`` not 0/1 or a certainty outside 1..4.
+            attribute id, ``is_present`` not 0/1 or a certainty outside 1..4;
+            naming the file, line and the ``encoding=`` option for bytes that
+            do not decode.
     """
     import pandas as pd
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"cub: image attribute labels not found: {path!r}")
-    with open(path, encoding="utf-8") as f:
-        first = f.readline().split()
+    encoding = check_encoding(encoding, "cub")
+    try:
+        with open(path, encoding=encoding) as f:
+            first = f.readline().split()
+    except UnicodeDecodeError as e:
+        raise decode_error(path, encoding, e, "cub") from None
     if len(first) > 6:  # pandas would silently take extra leading fields of line 1 as an index
         raise ValueError(f"{path}: line 1: expected 5 or 6 fields, got {len(first)}")
     try:
         df = pd.read_csv(path, sep=r"\s+", header=None, names=list(range(6)), index_col=False,
-                         dtype="float32")
+                         dtype="float32", encoding=encoding)
+    except UnicodeDecodeError as e:
+        raise decode_error(path, encoding, e, "cub") from None
     except (pd.errors.ParserError, ValueError) as e:
         raise ValueError(
             f"{path}: malformed attribute labels (need 5 or 6 fields per row): {e}") from e
@@ -210,6 +235,8 @@ class CUB:
         seed: int, seed of the ``label_fraction`` sampling (default 0).
         min_certainty: int in 1..4, answers with a lower certainty are
             unknown (default 1: all answers used).
+        encoding: str, text encoding of the metadata files (default
+            ``"utf-8"``, a BOM allowed).
 
     ``prepare()`` returns a :class:`~mll_tf.data.adapter.PreparedDataset`:
     ``label_names`` = the A attribute names in id order (312 in the official
@@ -229,15 +256,19 @@ class CUB:
     Raises:
         FileNotFoundError: naming the missing root, metadata file or
             attribute-name file (with every place searched).
-        ValueError: naming the file and line of a malformed metadata row; or
-            for options out of range.
+        ValueError: naming the file and line of a malformed metadata row or
+            of bytes that are not valid in ``encoding`` (and the
+            ``encoding=`` option); or for options out of range or an
+            unknown encoding.
     """
 
     name = "cub"
 
     def __init__(self, root=DEFAULT_ROOT, attributes_file=None, val_fraction=0.1,
-                 label_fraction=1.0, seed=0, min_certainty=1):
+                 label_fraction=1.0, seed=0, min_certainty=1, encoding="utf-8"):
         self.root = root
+        self.encoding = encoding
+        check_encoding(encoding, "cub")
         self.attributes_file = attributes_file
         self.val_fraction = float(val_fraction)
         self.label_fraction = float(label_fraction)
@@ -285,10 +316,11 @@ class CUB:
         :class:`~mll_tf.data.adapter.PreparedDataset` (see the class docstring).
         """
         root, cub_dir, attr_path = self._locate()
-        images = _read_id_table(os.path.join(cub_dir, "images.txt"), "image path")
+        enc = self.encoding
+        images = _read_id_table(os.path.join(cub_dir, "images.txt"), "image path", encoding=enc)
         split_path = os.path.join(cub_dir, "train_test_split.txt")
-        is_train = _read_id_table(split_path, "is_training_image")
-        attrs = _read_id_table(attr_path, "attribute name")
+        is_train = _read_id_table(split_path, "is_training_image", encoding=enc)
+        attrs = _read_id_table(attr_path, "attribute name", encoding=enc)
         ids = sorted(attrs)
         if ids != list(range(1, len(ids) + 1)):
             raise ValueError(f"{attr_path}: attribute ids must be 1..{len(ids)} without gaps")
@@ -305,7 +337,7 @@ class CUB:
         index = {k: i for i, k in enumerate(image_ids)}
         labels, stats = read_image_attribute_labels(
             os.path.join(cub_dir, "attributes", "image_attribute_labels.txt"),
-            index, len(names), self.min_certainty)
+            index, len(names), self.min_certainty, encoding=enc)
 
         image_root = os.path.join(cub_dir, "images")
         rows = {"train": [], "val": [], "test": []}

@@ -20,8 +20,15 @@ here, and all split files must have the same class set.
 
 Paths are confined to ``root``: an absolute path, or one whose
 ``os.path.realpath`` (symlinks resolved) is outside ``root``, is an error.
-A missing image file is skipped with reason ``"missing file"``; a repeated
-path within a file keeps its first entry (later ones skipped).
+Each path is normalised relative to ``root`` (``os.path.normpath`` of
+``root/path``, made relative again, ``/`` separators) before anything else,
+so ``images/a.jpg``, ``images/./a.jpg``, ``images//a.jpg`` and
+``images/x/../a.jpg`` are one image, and the normalised path is the
+``image_id``. A missing image file is skipped with reason ``"missing file"``;
+a path repeated within a file (after normalisation) keeps its first entry,
+later ones are skipped with reason ``"repeated entry (first at image k)"``.
+Symlinks are not resolved for this check: two names of one file are two
+images.
 """
 
 import collections
@@ -84,7 +91,8 @@ class JSONDataset:
 
     ``prepare()`` returns a :class:`PreparedDataset`: ``label_names`` = the
     sorted classes as str, records with int8 labels ``[C]`` in {1, 0}
-    (no unknowns), ``image_id`` = the relative path from the json file, and
+    (no unknowns), ``image_id`` = the relative path from the json file,
+    normalised (``os.path.normpath``, ``/`` separators), and
     ``extra`` keys ``root`` (absolute), ``protocol`` ``"dor_ml_json"``,
     ``files`` (split -> json file name), ``label_counts_by_split``,
     ``images_without_labels`` (split -> count) and
@@ -134,12 +142,15 @@ class JSONDataset:
         if os.path.isabs(rel) or rel.startswith(("/", "\\")) or drive:
             raise ValueError(f"{path}: image {k}: absolute path {rel!r}; paths must be relative "
                              "to the dataset root")
-        full = os.path.join(self.root, rel)
+        abs_root = os.path.abspath(self.root)
+        norm = os.path.relpath(os.path.normpath(os.path.join(abs_root, rel)), abs_root)
+        full = os.path.join(self.root, norm)
         real = os.path.realpath(full)
-        if os.path.commonpath([real, real_root]) != real_root:
+        if (norm == os.pardir or norm.startswith(os.pardir + os.sep)
+                or os.path.commonpath([real, real_root]) != real_root):
             raise ValueError(f"{path}: image {k}: path {rel!r} resolves outside the dataset root "
                              f"({real})")
-        return full
+        return norm.replace(os.sep, "/"), full
 
     def prepare(self):
         """Read the json files; return a :class:`PreparedDataset`."""
@@ -171,7 +182,7 @@ class JSONDataset:
                     raise ValueError(f"{path}: image {k}: expected [path, [labels]], got "
                                      f"{str(entry)[:80]}")
                 rel, labels = entry
-                full = self._relative(rel, path, k, real_root)
+                norm, full = self._relative(rel, path, k, real_root)
                 cols = []
                 for lab in labels:
                     ok = isinstance(lab, (str, int)) and not isinstance(lab, bool)
@@ -179,16 +190,16 @@ class JSONDataset:
                         raise ValueError(f"{path}: image {k} ({rel}): label {lab!r} is not in "
                                          "'classes'")
                     cols.append(column[lab])
-                if rel in seen_at:
-                    skips.append({"image_id": rel,
-                                  "reason": f"repeated entry (first at image {seen_at[rel]})"})
+                if norm in seen_at:
+                    skips.append({"image_id": norm,
+                                  "reason": f"repeated entry (first at image {seen_at[norm]})"})
                     continue
-                seen_at[rel] = k
+                seen_at[norm] = k
                 if not os.path.isfile(full):
-                    skips.append({"image_id": rel, "reason": "missing file"})
+                    skips.append({"image_id": norm, "reason": "missing file"})
                     continue
-                items.append((rel, full, cols))
-                where[rel].add(s)
+                items.append((norm, full, cols))
+                where[norm].add(s)
             y = np.zeros((len(items), len(classes)), np.int8)
             for i, (_, _, cols) in enumerate(items):
                 y[i, cols] = 1

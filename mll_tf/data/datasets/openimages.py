@@ -62,13 +62,16 @@ each image folder (≈ 0.5 GB of names for 5.5M files, while checking; a
 missing folder: every image of the split is missing).
 """
 
+import builtins
 import codecs
 import collections
 import csv
+import functools
 import importlib
 import io
 import os
 import pickle
+import struct
 
 import numpy as np
 
@@ -108,35 +111,289 @@ def _numpy_private(module, name):
     raise pickle.UnpicklingError(f"numpy {module}.{name} not found")
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that only rebuilds builtin containers, strings and numpy arrays.
+class _BoundedArray(np.ndarray):
+    """The ndarray type :class:`RestrictedUnpickler` builds (never constructed directly).
+
+    ``numpy.ndarray`` in a pickle resolves to this subclass: it is only a
+    valid argument of numpy's ``_reconstruct``; calling it (``ndarray(shape)``
+    would allocate ``shape`` uninitialised) is refused.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError("refused: numpy.ndarray(...) called directly (numpy's own "
+                                     "pickles rebuild arrays with _reconstruct)")
+
+
+_SIMPLE_KINDS = frozenset("biufcSUO?")
+_TEXT = (str, bytes, bytearray)
+_NUMBER = (int, float, bool)
+
+
+def _prod(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _check_shape(shape):
+    if (not isinstance(shape, tuple)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise pickle.UnpicklingError(f"refused: numpy shape {shape!r} is not a tuple of ints >= 0")
+    return _prod(shape)
+
+
+def _check_dtype(dtype):
+    if not isinstance(dtype, np.dtype):
+        raise pickle.UnpicklingError(f"refused: numpy dtype expected, got {type(dtype).__name__}")
+    if dtype.kind not in _SIMPLE_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise pickle.UnpicklingError(f"refused: numpy dtype {dtype} (only plain bool, number, "
+                                     "string and object dtypes)")
+    return dtype
+
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """Unpickler that only rebuilds builtin containers, strings and numpy arrays, within a memory budget.
 
     Allowed globals: ``numpy.ndarray``, ``numpy.dtype``,
     ``numpy(.core|._core).multiarray._reconstruct``,
     ``numpy(.core|._core).numeric._frombuffer`` (protocol 5),
-    ``_codecs.encode`` (str -> latin-1 bytes only) and the builtins ``list``, ``tuple``, ``dict``,
-    ``set``, ``frozenset``, ``str``, ``bytes``, ``int``, ``float``, ``bool``.
-    Anything else raises :class:`pickle.UnpicklingError` naming the global,
-    so a crafted file cannot run code. Used for LESA's ``unseen_labels.pkl``
-    (a numpy object array of str, pickle protocol 2).
+    ``_codecs.encode`` (str -> latin-1 bytes only) and the builtins ``list``,
+    ``tuple``, ``dict``, ``set``, ``frozenset``, ``str``, ``bytes``, ``int``,
+    ``float``, ``bool``, each replaced by a checked stand-in. Anything else
+    raises :class:`pickle.UnpicklingError` naming the global, so a crafted
+    file cannot run code. Used for LESA's ``unseen_labels.pkl`` (a numpy
+    object array of str, pickle protocol 2).
+
+    Bounded: a crafted file cannot allocate much more than it holds.
+
+    * It is Python's pure-Python unpickler (``pickle._Unpickler``), whose
+      memo is a dict: the C unpickler grows its memo table to the largest
+      index a ``LONG_BINPUT`` names (a 9-byte file can make it allocate
+      GiBs). The file is read into memory first, so a declared length
+      (``BINBYTES8``, ``BYTEARRAY8``, ...) never reserves more than the bytes
+      present.
+    * ``bytes(n)`` with an integer (or integer-like, e.g. a 0-d array) ``n``
+      is refused; ``str``/``int``/``float`` take only strings and numbers.
+    * numpy's ``_reconstruct`` only makes the empty placeholder numpy writes
+      (shape ``(0,)``); ``__setstate__`` (the ``BUILD`` opcode) is allowed
+      only on those arrays and on dtypes made here, and an array state must
+      hold exactly the data its shape declares (``len(list) == size`` for
+      object arrays, ``len(bytes) == size * itemsize`` otherwise; numpy
+      itself crashes the interpreter on a short object list) with a plain
+      dtype (no fields or sub-arrays).
+    * Every call of an allowed callable is charged the memory it may
+      allocate (64 bytes per item of a container argument, the length of a
+      string, 8 bytes per object-array element, ...); in all, the calls may
+      allocate at most ``ALLOCATION_FACTOR`` (8) times the file size plus
+      ``ALLOCATION_SLACK`` (1 MiB), so repeating a copying call over one
+      large object cannot multiply the file's size.
+
+    A refusal raises :class:`pickle.UnpicklingError` (``"refused: ..."``).
+    A top-level array is returned as a plain ``numpy.ndarray``.
+
+    Args:
+        file: binary file object (read to its end at construction).
+        fix_imports, encoding, errors: as :class:`pickle.Unpickler`
+            (``encoding="latin1"`` for Python 2 numpy pickles).
     """
 
-    _BUILTINS = {"list", "tuple", "dict", "set", "frozenset", "str", "bytes", "int", "float",
-                 "bool"}
+    ALLOCATION_FACTOR = 8
+    ALLOCATION_SLACK = 1 << 20
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file, *, fix_imports=True, encoding="ASCII", errors="strict"):
+        data = file.read()
+        super().__init__(io.BytesIO(data), fix_imports=fix_imports, encoding=encoding,
+                         errors=errors)
+        self.file_size = len(data)
+        self.budget = self.ALLOCATION_FACTOR * len(data) + self.ALLOCATION_SLACK
+        self.allocated = 0
+        self._own = {}   # id -> object: arrays and dtypes made here (BUILD is allowed on them)
+        self._file_readline = self._strict_readline(self._file_readline)
+
+    # -- budget ---------------------------------------------------------------
+
+    @staticmethod
+    def _strict_readline(readline):
+        """``readline`` that raises EOFError on a line cut short (pure-Python pickle trusts it)."""
+        def strict():
+            line = readline()
+            if not line.endswith(b"\n"):
+                raise EOFError("pickle data was truncated")
+            return line
+        return strict
+
+    def _charge(self, nbytes, what):
+        self.allocated += int(nbytes)
+        if self.allocated > self.budget:
+            raise pickle.UnpicklingError(
+                f"refused: {what} would allocate {int(nbytes)} bytes, past the budget of this "
+                f"{self.file_size}-byte pickle ({self.budget} bytes in all = "
+                f"{self.ALLOCATION_FACTOR} x its size + {self.ALLOCATION_SLACK})")
+
+    def _charge_items(self, name, args):
+        n = 0
+        for a in args:
+            if isinstance(a, _NUMBER) or a is None:
+                continue
+            try:
+                n += len(a)
+            except TypeError:
+                raise pickle.UnpicklingError(
+                    f"refused: builtins.{name} of a {type(a).__name__} (no length)") from None
+        self._charge(64 + 64 * n, f"builtins.{name}({n} items)")
+
+    # -- the allowed callables --------------------------------------------------
+
+    def _container(self, name, *args):
+        if len(args) > 1:
+            raise pickle.UnpicklingError(f"refused: builtins.{name} with {len(args)} arguments")
+        self._charge_items(name, args)
+        return getattr(builtins, name)(*args)
+
+    def _text_or_number(self, name, *args):
+        if not all(isinstance(a, _TEXT + _NUMBER) for a in args):
+            kinds = ", ".join(type(a).__name__ for a in args)
+            raise pickle.UnpicklingError(f"refused: builtins.{name}({kinds}): only strings and "
+                                         "numbers")
+        self._charge(64 + sum(4 * len(a) for a in args if isinstance(a, _TEXT)),
+                     f"builtins.{name}")
+        return getattr(builtins, name)(*args)
+
+    def _bytes(self, *args):
+        if args and not isinstance(args[0], _TEXT + (list, tuple)):
+            x = args[0]
+            if isinstance(x, int) or hasattr(type(x), "__index__"):
+                raise pickle.UnpicklingError(
+                    f"refused: builtins.bytes({type(x).__name__} {int(x)}): an integer argument "
+                    "allocates that many zero bytes")
+            raise pickle.UnpicklingError(f"refused: builtins.bytes of a {type(x).__name__}")
+        if not all(isinstance(a, str) for a in args[1:]):
+            raise pickle.UnpicklingError("refused: builtins.bytes with non-str encoding/errors")
+        self._charge(64 + (4 * len(args[0]) if args else 0), "builtins.bytes")
+        return bytes(*args)
+
+    def _encode(self, obj, encoding="utf-8", errors="strict"):
+        self._charge(64 + (len(obj) if isinstance(obj, str) else 0), "_codecs.encode")
+        return _safe_codecs_encode(obj, encoding, errors)
+
+    def _dtype(self, obj, align=False, copy=True):
+        self._charge(256, "numpy.dtype")
+        dtype = _check_dtype(np.dtype(obj, bool(align), True))   # a copy, never a shared builtin
+        self._own[id(dtype)] = dtype
+        return dtype
+
+    def _reconstruct(self, subtype, shape, dtype):
+        if subtype is not _BoundedArray:
+            raise pickle.UnpicklingError("refused: numpy _reconstruct of a type other than "
+                                         "numpy.ndarray")
+        if _check_shape(shape) != 0:
+            raise pickle.UnpicklingError(f"refused: numpy _reconstruct with shape {shape} (numpy "
+                                         "writes the empty placeholder (0,))")
+        self._charge(256, "numpy _reconstruct")
+        arr = _numpy_private("multiarray", "_reconstruct")(_BoundedArray, shape, dtype)
+        self._own[id(arr)] = arr
+        return arr
+
+    def _frombuffer(self, buf, dtype, shape, order):
+        dtype = _check_dtype(np.dtype(dtype))
+        if dtype.hasobject:
+            raise pickle.UnpicklingError("refused: numpy _frombuffer with an object dtype")
+        if not isinstance(buf, (bytes, bytearray, memoryview, pickle.PickleBuffer)):
+            raise pickle.UnpicklingError(f"refused: numpy _frombuffer of a {type(buf).__name__}")
+        self._charge(256, "numpy _frombuffer")
+        n = _check_shape(shape)
+        if n * dtype.itemsize != memoryview(buf).nbytes:
+            raise pickle.UnpicklingError(f"refused: numpy buffer of {memoryview(buf).nbytes} bytes "
+                                         f"for shape {shape} of {dtype}")
+        arr = _numpy_private("numeric", "_frombuffer")(buf, dtype, shape, order)
+        return arr.view(_BoundedArray)
 
     def find_class(self, module, name):
-        if module in ("builtins", "__builtin__") and name in self._BUILTINS:
-            return getattr(__import__("builtins"), name)
+        if module in ("builtins", "__builtin__"):
+            if name in ("list", "tuple", "dict", "set", "frozenset"):
+                return functools.partial(self._container, name)
+            if name in ("str", "int", "float", "bool"):
+                return functools.partial(self._text_or_number, name)
+            if name == "bytes":
+                return functools.partial(self._bytes)
         if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
-            return _numpy_private("multiarray", "_reconstruct")
+            return functools.partial(self._reconstruct)
         if module in ("numpy.core.numeric", "numpy._core.numeric") and name == "_frombuffer":
-            return _numpy_private("numeric", "_frombuffer")
-        if module == "numpy" and name in ("ndarray", "dtype"):
-            return getattr(np, name)
+            return functools.partial(self._frombuffer)
+        if module == "numpy" and name == "ndarray":
+            return _BoundedArray
+        if module == "numpy" and name == "dtype":
+            return functools.partial(self._dtype)
         if module == "_codecs" and name == "encode":
-            return _safe_codecs_encode
+            return functools.partial(self._encode)
         raise pickle.UnpicklingError(f"refused global {module}.{name}: only builtin containers, "
                                      "str and numpy arrays may be unpickled")
+
+    # -- opcodes ----------------------------------------------------------------
+
+    def _check_array_state(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("refused: malformed numpy array state")
+        shape, dtype, _fortran, raw = state[-4:]
+        n = _check_shape(shape)
+        _check_dtype(dtype)
+        if dtype.hasobject:
+            if not isinstance(raw, list) or len(raw) != n:
+                got = f"{len(raw)} items" if isinstance(raw, list) else type(raw).__name__
+                raise pickle.UnpicklingError(f"refused: a numpy object array state declares shape "
+                                             f"{shape} ({n} items) but holds {got}")
+            self._charge(64 + 8 * n, "a numpy object array")
+        else:
+            if not isinstance(raw, bytes) or len(raw) != n * dtype.itemsize:
+                got = f"{len(raw)} bytes" if isinstance(raw, bytes) else type(raw).__name__
+                raise pickle.UnpicklingError(f"refused: a numpy array state declares shape {shape} "
+                                             f"of {dtype} ({n * dtype.itemsize} bytes) but holds "
+                                             f"{got}")
+            self._charge(64 + len(raw), "a numpy array")
+
+    @staticmethod
+    def _check_dtype_state(state):
+        ok = (isinstance(state, tuple) and len(state) in (8, 9) and state[2] is None
+              and state[3] is None and state[4] is None and isinstance(state[5], int)
+              and -1 <= state[5] <= 2 ** 31 and (len(state) == 8 or state[8] is None))
+        if not ok:
+            raise pickle.UnpicklingError("refused: numpy dtype state other than a plain dtype's")
+
+    def load_build(self):
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if self._own.get(id(inst)) is not inst:
+            raise pickle.UnpicklingError(f"refused: BUILD (__setstate__) on a "
+                                         f"{type(inst).__name__}")
+        if isinstance(inst, np.dtype):
+            self._check_dtype_state(state)
+        else:
+            self._check_array_state(state)
+        inst.__setstate__(state)
+        if isinstance(inst, np.dtype):
+            _check_dtype(inst)
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def load_bytearray8(self):
+        size, = struct.unpack("<Q", self.read(8))
+        data = self.read(size)          # at most the bytes present (the file is in memory)
+        if len(data) != size:
+            raise pickle.UnpicklingError(f"truncated: BYTEARRAY8 of {size} bytes, {len(data)} "
+                                         "present")
+        self._charge(len(data), "BYTEARRAY8")
+        self.append(bytearray(data))
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+
+    def load(self):
+        obj = super().load()
+        if isinstance(obj, _BoundedArray):
+            obj = obj.view(np.ndarray)
+        return obj
 
 
 def load_mid_list_pickle(path):
@@ -146,15 +403,18 @@ def load_mid_list_pickle(path):
         list of str.
 
     Raises:
-        ValueError: naming ``path`` if the pickle is refused, unreadable or
-            not a flat sequence of str.
+        ValueError: naming ``path`` if the pickle is refused (a global other
+            than the allowed ones, or more memory than the budget of
+            :class:`RestrictedUnpickler`), unreadable or not a flat sequence
+            of str: ``"<path>: cannot load the unseen label list: refused:
+            builtins.bytes(int 268435456): an integer argument allocates that
+            many zero bytes"``.
     """
     with open(path, "rb") as f:
-        data = f.read()
-    try:
-        obj = RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except Exception as e:  # noqa: BLE001 - any failure is reported with the file name
-        raise ValueError(f"{path}: cannot load the unseen label list: {e}") from e
+        try:
+            obj = RestrictedUnpickler(f, encoding="latin1").load()
+        except Exception as e:  # noqa: BLE001 - any failure is reported with the file name
+            raise ValueError(f"{path}: cannot load the unseen label list: {e}") from e
     if isinstance(obj, np.ndarray):
         obj = obj.tolist()
     if not isinstance(obj, (list, tuple)) or not all(isinstance(m, str) for m in obj):
