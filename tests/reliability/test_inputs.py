@@ -567,3 +567,21 @@ def test_partial_asl_gradient_finite_where_base_is_zero():
     value, grad = _loss_and_grad(loss, y, z)
     assert np.isfinite(value).all() and np.isfinite(grad).all()
     assert grad[0, 0] == 0.0
+
+
+def test_non_utf8_openimages_files_name_the_file(tmp_path):
+    """OpenImages CSVs and lists are UTF-8 by format: another encoding is refused naming the file and the byte."""
+    from mll_tf.data.datasets._oi_common import read_class_descriptions, read_class_list, read_human_image_labels
+
+    lst = tmp_path / "classes.txt"
+    lst.write_bytes("/m/01\n/m/0\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"classes\.txt: not UTF-8 text \(byte 0xe9"):
+        read_class_list(str(lst))
+    desc = tmp_path / "class-descriptions.csv"
+    desc.write_bytes("/m/01,Caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"class-descriptions\.csv: not UTF-8 text"):
+        read_class_descriptions(str(desc))
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes("ImageID,Source,LabelName,Confidence\nab\xe9,human,/m/01,1\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"labels\.csv: not UTF-8 text"):
+        read_human_image_labels(str(labels), {"/m/01": 0})

@@ -43,6 +43,7 @@ proportional to its annotations, not 54 GB.
 """
 
 import collections
+import contextlib
 import csv
 import dataclasses
 import os
@@ -81,6 +82,25 @@ def _looks_like_mid(s):
     return s.startswith("/")
 
 
+@contextlib.contextmanager
+def utf8_text(path):
+    """Turn a ``UnicodeDecodeError`` while reading ``path`` into an error naming the file and the byte.
+
+    OpenImages publishes its CSVs and lists as UTF-8 (a BOM is accepted); a
+    file in another encoding was converted by someone, and is refused rather
+    than read with replaced characters.
+
+    Raises:
+        ValueError: naming the file, the byte offset and what to do.
+    """
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}: "
+                         f"{e.reason}); OpenImages files are UTF-8 — convert it, e.g. "
+                         f"iconv -f latin1 -t utf-8") from None
+
+
 def _check_file(path, what):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what}: file not found: {path!r}")
@@ -105,7 +125,7 @@ def read_class_list(path):
     """
     _check_file(path, "class list")
     mids, seen = [], {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with utf8_text(path), open(path, newline="", encoding="utf-8-sig") as f:
         for lineno, row in enumerate(csv.reader(f), start=1):
             if not row or not row[0].strip():
                 continue
@@ -144,7 +164,7 @@ def read_class_descriptions(path):
     """
     _check_file(path, "class descriptions")
     out = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with utf8_text(path), open(path, newline="", encoding="utf-8-sig") as f:
         for lineno, row in enumerate(csv.reader(f), start=1):
             if not row or not "".join(row).strip():
                 continue
@@ -257,11 +277,12 @@ def _read_header(path):
     import pandas as pd
 
     try:
-        header = [str(c) for c in pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns]
+        with utf8_text(path):
+            header = [str(c) for c in pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns]
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path}: empty file; expected the header "
                          "'ImageID,Source,LabelName,Confidence'") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except pd.errors.ParserError as e:
         raise ValueError(f"{path}: malformed CSV: {e}") from e
     missing = [c for c in LABEL_COLUMNS if c not in header]
     if missing:
@@ -337,7 +358,12 @@ def read_human_image_labels(path, class_index, *, conflict="positive", chunksize
         path, usecols=list(LABEL_COLUMNS), chunksize=chunksize, encoding="utf-8-sig",
         keep_default_na=False, dtype=str)
     try:
-        for chunk in reader:
+        chunks = iter(reader)
+        while True:
+            with utf8_text(path):
+                chunk = next(chunks, None)
+            if chunk is None:
+                break
             n = len(chunk)
             if not n:
                 continue

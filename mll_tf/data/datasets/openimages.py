@@ -77,7 +77,7 @@ import numpy as np
 
 from mll_tf.data.adapter import PreparedDataset
 from mll_tf.data.images import decode_image
-from mll_tf.data.datasets._oi_common import (build_split_records, read_class_descriptions,
+from mll_tf.data.datasets._oi_common import (build_split_records, read_class_descriptions, utf8_text,
                                              read_human_image_labels)
 from mll_tf.data.datasets._registry import register_dataset
 
@@ -423,7 +423,7 @@ def load_mid_list_pickle(path):
 
 
 def _read_list(path):
-    with open(path, encoding="utf-8-sig") as f:
+    with utf8_text(path), open(path, encoding="utf-8-sig") as f:
         return [s for s in (line.strip() for line in f) if s]
 
 
@@ -444,7 +444,7 @@ def read_top_unseen(path, num_unseen):
             or repeated index.
     """
     out = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with utf8_text(path), open(path, encoding="utf-8-sig", newline="") as f:
         for line_no, row in enumerate(csv.reader(f), 1):
             if not row or not row[0].strip():
                 continue
