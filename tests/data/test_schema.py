@@ -65,7 +65,8 @@ def test_float16_rounding_and_float32_precision():
     f32 = parse_examples(tf.constant([r32]), FeatureSpec((R, D), "float32", C))["features"]
     assert f16.numpy()[0, 0, 0] == np.float32(np.float16(0.1))
     assert f32.numpy()[0, 0, 0] == np.float32(0.1)
-    assert len(r32) - len(r16) == R * D * 2
+    raw = [tf.train.Example.FromString(r).features.feature["feature"].bytes_list.value[0] for r in (r16, r32)]
+    assert len(raw[1]) - len(raw[0]) == R * D * 2
 
 
 def test_record_layout_is_raw_bytes():
@@ -73,8 +74,9 @@ def test_record_layout_is_raw_bytes():
     rec = serialize_example("x/ü.png", feat, _labels(1), {"u": [1, -1]})
     ex = tf.train.Example.FromString(rec)
     keys = set(ex.features.feature)
-    assert keys == {"image_id", "feature", "labels", "labels/u"}
+    assert keys == {"image_id", "feature", "feature_shape", "labels", "labels/u"}
     f = ex.features.feature
+    assert f["feature_shape"].int64_list.value == [R, D]
     assert f["image_id"].bytes_list.value == ["x/ü.png".encode("utf-8")]
     assert f["feature"].bytes_list.value[0] == feat.astype("<f2").tobytes()
     assert f["labels"].bytes_list.value[0] == _labels(1).tobytes()
