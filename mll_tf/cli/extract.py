@@ -6,7 +6,16 @@ Extract backbone feature maps of a dataset into ZLIB TFRecords.
 writes ``<out-dir>/<dataset>/<backbone>_<size>/<split>/`` with ZLIB shards and a
 ``manifest.json`` per split (schema: ``mll_tf/data/schema.py``). Re-running the
 same command after an interruption resumes: complete shards are kept and only
-the missing images are processed.
+the missing images are processed. A store made with other dataset options,
+or from records whose ids or labels have changed since, is refused (pass
+``--overwrite`` or use another ``--out-dir``); so is a split another
+extraction is writing.
+
+    python extract/build_tfrecords.py --verify --dataset openclipart --backbone efficientnet_lite0
+
+checks the store instead: every shard read to its end (CRCs), its record count
+and each record's feature size and shape against the manifest; one line per
+bad shard, exit code 2 if any.
 """
 
 import functools
@@ -44,6 +53,9 @@ def build_flags():
     fs.define("limit", None, "use only the first N images of each split (smoke tests)", kind="int", min=1)
     fs.define("overwrite", False, "discard an existing store for these splits")
     fs.define("progress", True, "a progress bar (--noprogress: none)")
+    fs.define("verify", False, "check the store selected by --out-dir/--dataset/--backbone/--input-size "
+              "(and --splits) instead of extracting: CRCs, record counts, feature sizes and shapes; exit 2 "
+              "if a shard is bad")
     return fs
 
 
@@ -76,15 +88,69 @@ def report_attributes(prepared, out_dir):
     print(f"wrote class_distribution_<split>.csv/.png to {out_dir}")
 
 
+def _printable(image_id):
+    """An image id on one line (line breaks shown as \\n, \\r)."""
+    return image_id.replace("\n", "\\n").replace("\r", "\\r")
+
+
+def verify(root, splits=None):
+    """``--verify``: check the splits of the store ``root``; print one ``BAD`` line per bad shard.
+
+    Args:
+        root: str, ``<out-dir>/<dataset>/<backbone>_<size>``.
+        splits: optional list of split names (default: every sub-directory
+            with a ``manifest.json``).
+
+    Returns:
+        int, 0 if every shard is good.
+
+    Raises:
+        FileNotFoundError: naming the store or split that does not exist.
+        UsageError: (exit code 2, one ``error:`` line) if a shard is bad,
+            after its ``BAD <shard>: <problem>`` line was printed.
+    """
+    from mll_tf.data.feature_store import MANIFEST_NAME, read_manifest, verify_store
+
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"--verify: feature store {root} does not exist (check --out-dir, "
+                                f"--dataset, --backbone and --input-size)")
+    if splits is None:
+        splits = sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, MANIFEST_NAME)))
+        if not splits:
+            raise FileNotFoundError(f"--verify: {root} holds no split with a {MANIFEST_NAME}")
+    total_bad, total_shards = 0, 0
+    for split in splits:
+        split_dir = os.path.join(root, split)
+        manifest = read_manifest(split_dir)
+        bad = verify_store(split_dir)
+        for path, problem in bad:
+            print(f"BAD {path}: {problem}", flush=True)
+        total_bad += len(bad)
+        total_shards += len(manifest.shards)
+        state = "" if manifest.complete else " (incomplete: the extraction was interrupted)"
+        print(f"[{split}] {len(manifest.shards)} shards, {manifest.num_examples} records{state}: "
+              + (f"{len(bad)} bad shard(s)" if bad else "ok"), flush=True)
+    if total_bad:
+        raise UsageError(
+            f"--verify: {total_bad} of {total_shards} shards of {root} are bad (listed above); delete them "
+            f"with their .ids.txt files and re-run the extraction command to re-extract their images, or "
+            f"re-extract everything with --overwrite")
+    return 0
+
+
 def _run(argv):
     import_tensorflow_quietly()
     args = build_flags()
     if args.parse(argv) is None:
         return 0
+    if args.verify:
+        return verify(store_dir(args.out_dir, args.dataset, args.backbone, args.input_size),
+                      args.splits.split(",") if args.splits else None)
     from mll_tf.backbones import build_backbone
     from mll_tf.data.datasets import get_dataset
     from mll_tf.data.extraction import FeatureFunction, extract_records
-    from mll_tf.data.feature_store import FeatureStoreWriter, Manifest
+    from mll_tf.data.feature_store import (MANIFEST_NAME, FeatureStoreWriter, Manifest, StoreMismatchError,
+                                           check_identity, records_digest)
     from mll_tf.registry import parse_key_values
 
     adapter_cls = get_dataset(args.dataset)
@@ -93,6 +159,7 @@ def _run(argv):
         kwargs["root"] = args.data_root
     if args.min_count is not None:
         kwargs["min_count"] = args.min_count
+    adapter_options = dict(kwargs)  # part of the store's identity
     prepared = adapter_cls(**kwargs).prepare()
     splits = args.splits.split(",") if args.splits else list(prepared.splits)
     for s in splits:
@@ -100,8 +167,6 @@ def _run(argv):
             raise UsageError(f"--splits: {args.dataset} has no split {s!r} (has {sorted(prepared.splits)})")
 
     root = store_dir(args.out_dir, args.dataset, args.backbone, args.input_size)
-    if prepared.extra.get("attribute_groups"):
-        report_attributes(prepared, root)
     weights = None if args.weights.lower() == "none" else args.weights
     try:
         backbone = build_backbone(args.backbone, weights=weights, input_size=args.input_size)
@@ -115,22 +180,42 @@ def _run(argv):
     feature_fn = FeatureFunction(backbone.model, args.batch_size)
     print(f"{args.dataset}: {len(prepared.label_names)} labels; backbone {backbone.name} "
           f"({backbone.weights}); feature map {h}x{w}x{d}; writing {root}")
+    advice = "Pass --overwrite to re-extract it, or use another --out-dir."
+    manifests = {}
     for split in splits:
-        records = prepared.splits[split]
-        if args.limit:
-            records = records[:args.limit]
-        manifest = Manifest(
+        # The identity covers every record of the split (--limit only says how many to extract).
+        sha, count = records_digest(prepared.splits[split])
+        manifests[split] = Manifest(
             dataset=args.dataset, split=split, backbone=backbone.name, weights=backbone.weights,
             input_size=[args.input_size, args.input_size],
             preprocessing=f"{prepared.preprocessing}; backbone: {backbone.preprocessing}",
             feature_shape=[h * w, d], feature_grid=[h, w], feature_dtype=args.feature_dtype,
             label_names=list(prepared.label_names), extra_label_names={},
             compression_level=args.compression_level,
-            extra=dict(prepared.extra, resize_shorter=backbone.resize_shorter or args.input_size))
+            extra=dict(prepared.extra, resize_shorter=backbone.resize_shorter or args.input_size),
+            adapter_options=adapter_options, records_sha256=sha, records_count=count)
+    if not args.overwrite:
+        # Refuse a mismatched store before writing any split.
+        for split in splits:
+            split_dir = os.path.join(root, split)
+            if os.path.isfile(os.path.join(split_dir, MANIFEST_NAME)):
+                check_identity(split_dir, Manifest.load(split_dir), manifests[split],
+                               prepared.splits[split], advice=advice)
+    if prepared.extra.get("attribute_groups"):
+        report_attributes(prepared, root)
+    for split in splits:
+        records = prepared.splits[split]
+        if args.limit:
+            records = records[:args.limit]
+        manifest = manifests[split]
         split_dir = os.path.join(root, split)
-        with FeatureStoreWriter(split_dir, manifest, max_shard_bytes=int(args.max_shard_mb * 2**20),
-                                compression_level=args.compression_level,
-                                overwrite=args.overwrite) as writer:
+        try:
+            writer = FeatureStoreWriter(split_dir, manifest, max_shard_bytes=int(args.max_shard_mb * 2**20),
+                                        compression_level=args.compression_level, overwrite=args.overwrite,
+                                        records=prepared.splits[split])
+        except StoreMismatchError as e:  # changed since the check above
+            raise UsageError(f"cannot resume feature store {e.split_dir!r}: {e.detail}. {advice}") from None
+        with writer:
             for item in prepared.skipped.get(split, []):
                 if item["image_id"] not in writer.done_ids:
                     writer.skip(item["image_id"], item["reason"])
@@ -144,7 +229,7 @@ def _run(argv):
               f"{len(final.skipped)} skipped, {stats.get('already_done', 0)} done before this run; "
               f"{rate} -> {split_dir}")
         for item in final.skipped[:5]:
-            print(f"    skipped {item['image_id']}: {item['reason']}")
+            print(f"    skipped {_printable(item['image_id'])}: {_printable(item['reason'])}")
         if len(final.skipped) > 5:
             print(f"    ... {len(final.skipped) - 5} more in {split_dir}/manifest.json")
     return 0

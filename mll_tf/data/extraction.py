@@ -2,10 +2,11 @@
 
 Images are decoded/rendered in worker processes while the backbone runs in the
 main process, with a bounded number of chunks in flight (bounded memory). A
-failure to read one image (unreadable or empty file, render error) is recorded
-with :meth:`FeatureStoreWriter.skip` and counted, never fatal. Records already
-in the store (``writer.done_ids``) are not redone, which is how an interrupted
-extraction resumes.
+failure to read one image (unreadable or empty file, render error), an image
+id the store cannot hold (a line break in it) and a feature map holding
+NaN/Inf are recorded with :meth:`FeatureStoreWriter.skip` with their reason
+and counted, never fatal. Records already in the store (``writer.done_ids``)
+are not redone, which is how an interrupted extraction resumes.
 """
 
 import collections
@@ -14,6 +15,8 @@ import multiprocessing
 import time
 
 import numpy as np
+
+# Nothing here imports TensorFlow at module level: the decoding workers import this module.
 
 
 def _load_chunk(load_image, items, size):
@@ -106,15 +109,29 @@ def extract_records(records, load_image, size, feature_fn, writer, *, num_worker
         desc: str, the split's name in progress lines.
 
     Returns:
-        dict with ``written``, ``skipped``, ``already_done`` (counts) and
-        ``seconds``.
+        dict with ``written``, ``skipped`` (unreadable images, ids with a
+        line break, non-finite features; each recorded in the manifest with
+        its reason), ``already_done`` (counts) and ``seconds``.
     """
     from tqdm import tqdm
 
+    from mll_tf.data import schema
+
+    # Per-record errors of FeatureStoreWriter.write that make extraction skip the image.
+    skippable = (schema.InvalidImageIdError, schema.NonFiniteFeatureError)
     done = writer.done_ids
     todo = [r for r in records if r.image_id not in done]
-    labels = {r.image_id: r for r in todo}
     stats = collections.Counter(already_done=len(records) - len(todo))
+    bad_ids = []
+    for r in todo:  # ids a shard's ids file cannot list: skipped, with the reason
+        try:
+            schema.check_image_id(r.image_id)
+        except schema.InvalidImageIdError as e:
+            bad_ids.append((r.image_id, f"{type(e).__name__}: {e}"))
+    if bad_ids:
+        bad = {i for i, _ in bad_ids}
+        todo = [r for r in todo if r.image_id not in bad]
+    labels = {r.image_id: r for r in todo}
     t0 = time.perf_counter()
     import sys
 
@@ -125,14 +142,23 @@ def extract_records(records, load_image, size, feature_fn, writer, *, num_worker
         bar = _LineProgress(len(records), stats["already_done"], desc)
     batch_size = getattr(feature_fn, "batch_size", 32)
     pending_ids, pending_images = [], []
+    for image_id, reason in bad_ids:
+        writer.skip(image_id, reason)
+        stats["skipped"] += 1
+        bar.update(1)
 
     def flush():
         if not pending_ids:
             return
         feats = feature_fn(np.concatenate(pending_images))
         for image_id, f in zip(pending_ids, feats):
-            writer.write(image_id, f, labels[image_id].labels)
-        stats["written"] += len(pending_ids)
+            try:
+                writer.write(image_id, f, labels[image_id].labels)
+            except skippable as e:  # e.g. NaN/Inf in the backbone's output for this image
+                writer.skip(image_id, f"{type(e).__name__}: {e}")
+                stats["skipped"] += 1
+            else:
+                stats["written"] += 1
         bar.update(len(pending_ids))
         pending_ids.clear()
         pending_images.clear()
