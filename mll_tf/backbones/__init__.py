@@ -177,3 +177,24 @@ def _resnet101_backbone(weights, input_size):
     from mll_tf.backbones import keras_apps
 
     return keras_apps.resnet101_backbone(weights=weights, input_size=input_size)
+
+
+@register_backbone("resnet50")
+def _resnet50_backbone(weights, input_size):
+    from mll_tf.backbones import keras_apps
+
+    return keras_apps.resnet50_backbone(weights=weights, input_size=input_size)
+
+
+@register_backbone("efficientnetv2_s")
+def _efficientnetv2_s_backbone(weights, input_size):
+    from mll_tf.backbones import keras_apps
+
+    return keras_apps.efficientnetv2_backbone("efficientnetv2_s", weights=weights, input_size=input_size)
+
+
+@register_backbone("efficientnetv2_l")
+def _efficientnetv2_l_backbone(weights, input_size):
+    from mll_tf.backbones import keras_apps
+
+    return keras_apps.efficientnetv2_backbone("efficientnetv2_l", weights=weights, input_size=input_size)

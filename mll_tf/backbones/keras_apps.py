@@ -1,15 +1,26 @@
-"""Keras Applications backbones: VGG19 ``block5_conv4`` and ResNet101 pool5.
+"""Keras Applications backbones: VGG19, ResNet-50/101, EfficientNetV2-S/L.
 
 These are the feature extractors of the reference methods, rebuilt from
-``keras.applications`` (docs/lesa.md §1 and docs/imcl.md §1):
+``keras.applications`` (docs/lesa.md §1, docs/imcl.md §1, docs/ml_heads.md):
 
 * ``vgg19``: LESA's frozen VGG19 ``conv5_4`` map (after ReLU), 14x14x512 at
   224x224. Keras layer ``block5_conv4``.
 * ``resnet101``: IMCL's ResNet-101 ``pool5`` vector (2048-d, global average
   pool), returned as a ``[B, 1, 1, 2048]`` map so that the feature store's
   ``[regions, D]`` layout still holds (1 region).
+* ``resnet50``: the ResNet-50 ``conv5_block3_out`` map (stride 32, 2048
+  channels; 14x14x2048 at 448), a spatial map for the attention heads.
+* ``efficientnetv2_s`` / ``efficientnetv2_l``: the EfficientNetV2-S / -L
+  ``top_activation`` map (stride 32, 1280 channels; 14x14x1280 at 448, the
+  input size of Prokofiev & Sovrasov 2022, Sec. 4.1). Their preprocessing is
+  Keras' ``include_preprocessing=True`` layer, ``x / 128 - 1`` (RGB in [0, 255]
+  -> [-1, 0.99]); the paper's PyTorch pipeline uses mean = std = 0.5 on
+  [0, 1], i.e. ``x / 127.5 - 1``, a relative difference below 0.4 %.
+  The paper's weights are timm's ImageNet-21k (and OpenImages) checkpoints;
+  Keras ships ImageNet-1k weights, so these are a stand-in. TResNet-L (the
+  paper's third backbone) is not in ``keras.applications``.
 
-Both models take float32 **RGB** images in [0, 255] and do the caffe-style
+VGG19 and ResNet-101/50 take float32 **RGB** images in [0, 255] and do the caffe-style
 normalisation of the Keras ImageNet weights themselves (:class:`CaffePreprocess`:
 RGB -> BGR, minus the BGR means), so every caller passes the same pixels as
 for the other backbones (``mll_tf.backbones``).
@@ -28,7 +39,7 @@ Weights (``weights`` argument):
 * None: random initialisation (shape and pipeline tests only).
 
 Source: ``keras.applications`` (Keras 3.15), weight files and MD5 hashes as
-in ``keras/src/applications/{vgg19,resnet}.py``.
+in ``keras/src/applications/{vgg19,resnet,efficientnet_v2}.py``.
 """
 import collections
 import os
@@ -41,7 +52,9 @@ __all__ = [
     "CaffePreprocess",
     "KERAS_WEIGHTS",
     "WeightsUnavailableError",
+    "efficientnetv2_backbone",
     "resnet101_backbone",
+    "resnet50_backbone",
     "resolve_weights",
     "vgg19_backbone",
 ]
@@ -76,6 +89,18 @@ KERAS_WEIGHTS = {
         "ResNet101", "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
         _KERAS_BASE + "resnet/resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
         "88cf7a10940856eca736dc7b7e228a21"),
+    "resnet50": WeightsFile(
+        "ResNet50", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        _KERAS_BASE + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "4d473c1dd8becc155b73f8504c6f6626"),
+    "efficientnetv2_s": WeightsFile(
+        "EfficientNetV2S", "efficientnetv2-s_notop.h5",
+        _KERAS_BASE + "efficientnet_v2/efficientnetv2-s_notop.h5",
+        "af0682fb74e8c54910f2d4393339c070"),
+    "efficientnetv2_l": WeightsFile(
+        "EfficientNetV2L", "efficientnetv2-l_notop.h5",
+        _KERAS_BASE + "efficientnet_v2/efficientnetv2-l_notop.h5",
+        "b0b66b5c863aef5b46e8608fe1711615"),
 }
 
 
@@ -120,7 +145,8 @@ def resolve_weights(name, weights):
     """Turn a ``weights`` argument into a file path and a provenance string.
 
     Args:
-        name: str, a key of :data:`KERAS_WEIGHTS` (``"vgg19"``, ``"resnet101"``).
+        name: str, a key of :data:`KERAS_WEIGHTS` (``"vgg19"``, ``"resnet101"``,
+            ``"resnet50"``, ``"efficientnetv2_s"``, ``"efficientnetv2_l"``).
         weights: ``"imagenet"``, None, or a path (str / os.PathLike) to a
             local weight file.
 
@@ -291,4 +317,103 @@ def resnet101_backbone(weights="imagenet", input_size=(224, 224)):
             "conv), not slim resnet_v1_101 (stride on the 3x3 conv, RGB input) as used "
             "by IMCL; output = global average pool (pool5), 2048-d, as a 1x1 map"),
         resize_shorter=rs,
+    )
+
+
+def resnet50_backbone(weights="imagenet", input_size=(448, 448)):
+    """ResNet-50 ``conv5_block3_out`` feature map (after the last ReLU).
+
+    Keras' ``ResNet50`` is the MSRA Caffe ResNet-50 port (caffe BGR
+    preprocessing, done here by :class:`CaffePreprocess`). Unlike
+    ``resnet101`` (IMCL's pooled vector) this keeps the spatial map, which
+    the ML-Decoder / ML-GCN heads attend over.
+
+    Args:
+        weights: ``"imagenet"``, None or a path; see :func:`resolve_weights`.
+        input_size: ``(H, W)`` in pixels, each >= 32 (default 448, as the
+            multi-label heads of Prokofiev & Sovrasov 2022).
+
+    Returns:
+        mll_tf.backbones.Backbone named ``"resnet50"`` whose model maps
+        float32 RGB ``[B, H, W, 3]`` in [0, 255] to float32
+        ``[B, ceil(H/32), ceil(W/32), 2048]`` (>= 0); 14x14x2048 at 448.
+        ``resize_shorter`` is None (shorter side to the input size, then the
+        central crop).
+
+    Raises:
+        WeightsUnavailableError, FileNotFoundError, ValueError: see
+            :func:`resolve_weights`.
+    """
+    from mll_tf.backbones import Backbone
+
+    path, provenance = resolve_weights("resnet50", weights)
+    shape = _input_shape(input_size)
+    app = keras.applications.ResNet50(include_top=False, weights=path, input_shape=shape)
+    inputs = keras.Input(shape=shape, name="rgb_0_255")
+    outputs = app(CaffePreprocess(name="caffe_preprocess")(inputs))
+    model = keras.Model(inputs, outputs, name="resnet50_features")
+    return Backbone(
+        name="resnet50",
+        model=model,
+        input_size=tuple(input_size),
+        feature_shape=tuple(model.output.shape[1:]),
+        weights=provenance,
+        preprocessing=(
+            "RGB in [0,255]; loader: shorter side resized to the input size, central crop; "
+            "inside the model: caffe-style RGB->BGR flip and subtraction of the BGR means "
+            "(103.939, 116.779, 123.68), = keras.applications.resnet50.preprocess_input; "
+            "output = conv5_block3_out (stride 32, 2048 channels)"),
+    )
+
+
+_V2 = {"efficientnetv2_s": "EfficientNetV2S", "efficientnetv2_l": "EfficientNetV2L"}
+
+
+def efficientnetv2_backbone(name, weights="imagenet", input_size=(448, 448)):
+    """EfficientNetV2-S or -L feature map (``top_activation``, 1280 channels).
+
+    The backbones of Prokofiev & Sovrasov 2022 (Sec. 4.1, Table 1; the
+    original's ``efficientnetv2_{s,l}_21k`` timm models in
+    ``torchreid/models/timm_wrapper.py``), at their 448 px input.
+
+    Args:
+        name: ``"efficientnetv2_s"`` or ``"efficientnetv2_l"``.
+        weights: ``"imagenet"`` (Keras' ImageNet-1k file), None or a path to a
+            weight file saved from the same ``keras.applications`` model with
+            ``include_top=False``; see :func:`resolve_weights`.
+        input_size: ``(H, W)`` in pixels, each >= 32 (default 448).
+
+    Returns:
+        mll_tf.backbones.Backbone whose model maps float32 RGB
+        ``[B, H, W, 3]`` in [0, 255] to float32 ``[B, ceil(H/32),
+        ceil(W/32), 1280]`` (SiLU outputs, >= -0.279); 14x14x1280 at 448.
+        Normalisation is Keras' ``include_preprocessing`` layer inside the
+        model: ``Rescaling(1/128, offset=-1)``.
+
+    Raises:
+        KeyError: unknown ``name``.
+        WeightsUnavailableError, FileNotFoundError, ValueError: see
+            :func:`resolve_weights`.
+    """
+    from mll_tf.backbones import Backbone
+
+    ctor = _V2[name]
+    path, provenance = resolve_weights(name, weights)
+    shape = _input_shape(input_size)
+    app = getattr(keras.applications, ctor)(include_top=False, weights=path, input_shape=shape,
+                                            include_preprocessing=True)
+    inputs = keras.Input(shape=shape, name="rgb_0_255")
+    outputs = app(inputs)
+    model = keras.Model(inputs, outputs, name=f"{name}_features")
+    return Backbone(
+        name=name,
+        model=model,
+        input_size=tuple(input_size),
+        feature_shape=tuple(model.output.shape[1:]),
+        weights=provenance,
+        preprocessing=(
+            "RGB in [0,255]; loader: shorter side resized to the input size, central crop; "
+            "inside the model: keras.applications include_preprocessing, x / 128 - 1 "
+            "(the paper: (x/255 - 0.5) / 0.5 = x / 127.5 - 1); weights: Keras ImageNet-1k, "
+            "not the paper's ImageNet-21k / OpenImages timm checkpoints"),
     )
