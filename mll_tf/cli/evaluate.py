@@ -43,6 +43,8 @@ def build_flags():
               "word-embedding baseline")
     fs.define("threshold", None, "multi-label runs: probability threshold of CP..OF1 (default: the run's)",
               kind="float", min=0.0, max=1.0)
+    fs.define("tune_thresholds", False, "multi-label runs: per-class thresholds maximising each class's F1 on "
+              "the val split, written to <run>/thresholds.json; CP..OF1 at 0.5 and tuned side by side")
     return fs
 
 
@@ -61,8 +63,16 @@ def _run(argv):
                              f"(their options: {', '.join('--' + o for o in task.evaluate_options) or 'none'})")
     if fs.k is not None and any(k < 1 for k in fs.k):
         raise UsageError(f"--k: values must be >= 1, got {','.join(map(str, fs.k))}")
+    if fs.tune_thresholds and "threshold" not in task.evaluate_options:
+        raise UsageError(f"--tune-thresholds: --method {task.name} runs give no per-class probabilities")
+    if fs.tune_thresholds and fs.split == "val":
+        raise UsageError("--tune-thresholds: thresholds are tuned on the val split; evaluate another --split")
     _, text = task.evaluate(fs.run, split=fs.split, which=fs.model, out=fs.out, **given)
     print(text)
+    if fs.tune_thresholds:
+        from mll_tf.export.thresholds import tune_run_thresholds
+
+        print(tune_run_thresholds(task, fs.run, split=fs.split, which=fs.model, out=fs.out)[1])
     return 0
 
 

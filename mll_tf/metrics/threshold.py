@@ -11,6 +11,12 @@
   off-by-one risks.
 * :func:`attribute_accuracy`: accuracy of the argmax inside groups of
   mutually exclusive classes (e.g. one colour per image).
+* :func:`group_predictions`: the argmax inside each exclusive group, or
+  "no answer" (``#N/A`` in attribute tables) when the winner's score is
+  below its class threshold.
+* :func:`thresholds_to_dict` / :func:`thresholds_from_dict`: per-class
+  thresholds keyed by class NAME (the ``thresholds.json`` layout), so a file
+  never silently applies to a reordered vocabulary.
 
 Inputs: ``scores`` float ``[N, C]`` and ``labels`` int ``[N, C]`` in
 {1 present, 0 absent, -1 unknown}. Results are fractions in [0, 1] (never
@@ -21,7 +27,8 @@ import numpy as np
 
 from mll_tf.metrics.average_precision import _check_inputs
 
-__all__ = ["threshold_metrics", "tune_thresholds", "attribute_accuracy"]
+__all__ = ["threshold_metrics", "tune_thresholds", "attribute_accuracy", "group_predictions",
+           "thresholds_to_dict", "thresholds_from_dict"]
 
 _ROW_BLOCK_ENTRIES = 1 << 21   # entries per row block (bounds the temporaries)
 
@@ -259,3 +266,126 @@ def attribute_accuracy(scores, labels, groups):
         predicted = np.argmax(scores[known][:, cols], axis=1)
         result[name] = float(np.mean(predicted == truth))
     return result
+
+
+def _check_groups(groups, c, fn):
+    out = {}
+    for name, columns in groups.items():
+        cols = np.asarray(list(columns))
+        if cols.size == 0 or cols.ndim != 1 or cols.dtype.kind not in "iu":
+            raise ValueError(
+                f"{fn}: group {name!r} must be a non-empty list of int column "
+                f"indices, got {list(columns)!r}")
+        if cols.min() < 0 or cols.max() >= c:
+            raise ValueError(
+                f"{fn}: group {name!r} has an index outside [0, {c}): "
+                f"{cols.tolist()}")
+        if np.unique(cols).size != cols.size:
+            raise ValueError(
+                f"{fn}: group {name!r} repeats a column: {cols.tolist()}")
+        out[name] = cols
+    return out
+
+
+def group_predictions(scores, groups, thresholds=None):
+    """The predicted class of each exclusive group, or -1 ("no answer", ``#N/A``).
+
+    For group a with columns G_a, the prediction of image i is
+    ``g* = argmax_{g in G_a} scores[i, g]`` (ties: the first column in the
+    order of ``groups``). With ``thresholds``, the answer is withheld
+    (-1, written ``#N/A`` in an attribute table) when
+    ``scores[i, g*] < thresholds[g*]``: the group's threshold is the
+    threshold of its winning class (the ``>=`` rule of
+    :func:`threshold_metrics`).
+
+    Args:
+        scores: float array [N, C], finite.
+        groups: dict str -> sequence of int column indices (as in
+            :func:`attribute_accuracy`).
+        thresholds: None, a float, or float array [C].
+
+    Returns:
+        dict attribute -> int64 array [N] of COLUMN indices into [0, C), or
+        -1 where the answer is withheld.
+
+    Raises:
+        ValueError: non-2-D or non-finite ``scores``, an invalid group, or
+            ``thresholds`` of another shape.
+    """
+    fn = "group_predictions"
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"{fn}: `scores` must be 2-D [N, C], got shape {scores.shape}")
+    _check_finite(scores, fn)
+    n, c = scores.shape
+    if thresholds is not None:
+        thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (c,)) \
+            if np.ndim(thresholds) == 0 else np.asarray(thresholds, dtype=np.float64)
+        if thr.shape != (c,):
+            raise ValueError(f"{fn}: `thresholds` must be a scalar or have shape [{c}], got {thr.shape}")
+    result = {}
+    for name, cols in _check_groups(groups, c, fn).items():
+        best = cols[np.argmax(scores[:, cols], axis=1)] if n else np.zeros(0, np.int64)
+        best = best.astype(np.int64)
+        if thresholds is not None and n:
+            best = np.where(scores[np.arange(n), best] >= thr[best], best, -1)
+        result[name] = best
+    return result
+
+
+def thresholds_to_dict(names, thresholds):
+    """Per-class thresholds as ``{class name: float}`` (the ``thresholds.json`` layout).
+
+    Args:
+        names: sequence of C unique str, the class names in column order.
+        thresholds: float array [C], finite.
+
+    Raises:
+        ValueError: repeated names, a length mismatch or a non-finite value.
+    """
+    names = [str(n) for n in names]
+    thr = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    if len(set(names)) != len(names):
+        raise ValueError("thresholds_to_dict: class names must be unique")
+    if thr.shape[0] != len(names):
+        raise ValueError(f"thresholds_to_dict: {thr.shape[0]} thresholds for {len(names)} classes")
+    if not np.isfinite(thr).all():
+        raise ValueError("thresholds_to_dict: thresholds must be finite")
+    return {n: float(t) for n, t in zip(names, thr)}
+
+
+def thresholds_from_dict(mapping, names, source="thresholds"):
+    """Per-class thresholds in the column order of ``names`` from ``{class name: float}``.
+
+    Args:
+        mapping: dict str -> number (e.g. ``json.load`` of ``thresholds.json``;
+            a ``{"thresholds": {...}}`` wrapper is accepted too).
+        names: sequence of C str, the model's classes in column order.
+        source: str, named in errors (the file).
+
+    Returns:
+        float64 array [C].
+
+    Raises:
+        ValueError: a class of ``names`` missing from the mapping, a class of
+            the mapping unknown to the model, or a value that is not a finite
+            number (each named, with ``source``).
+    """
+    if isinstance(mapping, dict) and isinstance(mapping.get("thresholds"), dict):
+        mapping = mapping["thresholds"]
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{source}: expected a JSON object {{class name: threshold}}")
+    names = [str(n) for n in names]
+    missing = [n for n in names if n not in mapping]
+    extra = sorted(set(mapping) - set(names))
+    if missing or extra:
+        raise ValueError(f"{source}: thresholds do not match the model's classes"
+                         + (f"; missing: {', '.join(missing[:10])}" if missing else "")
+                         + (f"; unknown: {', '.join(extra[:10])}" if extra else ""))
+    out = np.empty(len(names), np.float64)
+    for i, n in enumerate(names):
+        v = mapping[n]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+            raise ValueError(f"{source}: threshold of {n!r} must be a finite number, got {v!r}")
+        out[i] = float(v)
+    return out

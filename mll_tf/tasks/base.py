@@ -313,6 +313,22 @@ class Task:
         """A :class:`Predictor` scoring new images with a trained run."""
         raise NotImplementedError
 
+    def inference_model(self, run_dir, which="best", **options):
+        """The trained run as one model from images to scores (``infer.py``, ``export.py``).
+
+        The default (:func:`mll_tf.export.inference.default_inference_model`)
+        serves the sigmoid methods (the saved model outputs logits; scores are
+        their sigmoid) and LESA (``options``: ``label_set="seen"|"all"``). A
+        method whose model outputs something else (e.g. cosines without
+        their scale) overrides this and returns
+        :func:`mll_tf.export.inference.from_task_parts` with its own head.
+
+        Returns:
+            :class:`mll_tf.export.inference.InferenceModel`.
+        """
+        from mll_tf.export.inference import default_inference_model
+        return default_inference_model(self, run_dir, which, **options)
+
 
 @dataclasses.dataclass
 class Predictor:
