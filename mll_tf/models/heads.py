@@ -6,6 +6,18 @@ of a stored feature map, dropout, and one linear layer giving per-class
 logits, as CSL's TResNet head (global average pooling + ``Linear(C)``;
 Alibaba-MIIL/PartialLabelingCSL). :class:`FineTuneClassifier` puts the same
 head on a trainable backbone for end-to-end fine-tuning (``--finetune``).
+
+The metric-learning heads of Prokofiev & Sovrasov 2022 ("Combining Metric
+Learning and Attention Heads for Accurate and Efficient Multilabel Image
+Classification", Sec. 3) share this module's conventions (docs/ml_decoder.md):
+
+* :class:`CosineClassifier` (alias :data:`AngleSimpleLinear`): cos of the
+  angle between the L2-normalised features and the L2-normalised class
+  weights, in [-1, 1] (deep-object-reid ``torchreid/losses/am_softmax.py``);
+* :class:`PooledHead`: the linear / cosine baseline on pooled features, with
+  the call signature of :class:`mll_tf.models.ml_decoder.MLDecoderHead` and
+  :class:`mll_tf.models.ml_gcn.MLGCNHead` (``[B, R, D]`` or ``[B, h, w, D]``
+  -> float32 ``[B, C]``).
 """
 
 import keras
@@ -92,3 +104,194 @@ class FineTuneClassifier(keras.Model):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
+
+
+# --------------------------------------------------------------------------
+# Metric-learning heads (Prokofiev & Sovrasov 2022): shared helpers.
+# --------------------------------------------------------------------------
+
+#: F.normalize's epsilon on the norm (torch: x / max(||x||, 1e-12)); applied
+#: as ``rsqrt(max(sum x^2, eps^2))`` by ``tf.math.l2_normalize``.
+NORM_EPS = 1e-12
+
+
+def l2_normalize(x, axis):
+    """``x / max(||x||_2, 1e-12)`` along ``axis`` (torch ``F.normalize``).
+
+    Args:
+        x: float tensor (any dtype; computed in float32 if x is float16 /
+            bfloat16, the result is float32 then).
+        axis: int or list of int.
+
+    Returns:
+        float32 (or float64 for float64 input) tensor of x's shape.
+    """
+    x = tf.convert_to_tensor(x)
+    if x.dtype in (tf.float16, tf.bfloat16):
+        x = tf.cast(x, tf.float32)
+    return tf.math.l2_normalize(x, axis=axis, epsilon=NORM_EPS ** 2)
+
+
+def region_tokens(features, dtype=tf.float32):
+    """Region features ``[B, R, D]`` or a feature map ``[B, h, w, D]`` -> ``[B, R, D]``.
+
+    Args:
+        features: float tensor of rank 3 or 4 (a rank-4 map is reshaped row
+            by row, R = h * w; the spatial shape may be dynamic).
+        dtype: the dtype to cast to (the layer's compute dtype).
+
+    Returns:
+        ``dtype`` tensor ``[B, R, D]``.
+
+    Raises:
+        ValueError: for another rank.
+    """
+    x = tf.cast(features, dtype)
+    rank = x.shape.rank
+    if rank == 3:
+        return x
+    if rank == 4:
+        shape = tf.shape(x)
+        return tf.reshape(x, [shape[0], shape[1] * shape[2], x.shape[-1]])
+    raise ValueError(f"features must be [B, R, D] region features or a [B, h, w, D] feature map, "
+                     f"got rank {rank} (shape {x.shape})")
+
+
+def pool_features(features, dtype=tf.float32):
+    """Global average pooling: ``[B, R, D]`` / ``[B, h, w, D]`` -> ``[B, D]`` (``[B, D]`` passes).
+
+    Raises:
+        ValueError: for a rank other than 2, 3 or 4.
+    """
+    x = tf.cast(features, dtype)
+    if x.shape.rank == 2:
+        return x
+    return tf.reduce_mean(region_tokens(x, dtype), axis=1)
+
+
+@keras.saving.register_keras_serializable(package="mll_tf")
+class UnitColumnUniform(keras.initializers.Initializer):
+    """U(-1, 1) entries, then every column (last axis indexes columns) scaled to unit L2 norm.
+
+    AngleSimpleLinear's ``uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)``
+    (deep-object-reid ``torchreid/losses/am_softmax.py``) for a ``[D, C]``
+    weight: each class vector ``W[:, c]`` has norm 1.
+    """
+
+    def __init__(self, seed=None):
+        self.seed = seed
+
+    def __call__(self, shape, dtype=None):
+        w = keras.random.uniform(shape, -1.0, 1.0, dtype="float32", seed=self.seed)
+        norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(w), axis=0, keepdims=True))
+        return keras.ops.cast(w / keras.ops.maximum(norm, 1e-12), dtype or "float32")
+
+    def get_config(self):
+        return {"seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="mll_tf")
+class CosineClassifier(keras.layers.Layer):
+    """AngleSimpleLinear: ``cos theta = normalize(x) . normalize(W)``, clipped to [-1, 1].
+
+    ``out[b, c] = <x_b / ||x_b||, W[:, c] / ||W[:, c]||>`` with norms floored
+    at 1e-12 (torch ``F.normalize``), then clipped to [-1, 1] as the
+    original (deep-object-reid ``torchreid/losses/am_softmax.py``
+    ``AngleSimpleLinear``; used with the AAM loss, paper Sec. 3.3). No bias.
+    The AAM loss takes these cosines; probabilities are
+    ``sigmoid(s * cos)`` with the loss's scale s, NOT ``sigmoid(cos)``.
+
+    Args:
+        units: int C >= 1, the number of classes.
+        kernel_initializer: a Keras initializer for the ``[D, C]`` weight;
+            default :class:`UnitColumnUniform` (unit class vectors).
+
+    Call:
+        x: float ``[..., D]`` (any float dtype). Returns float32
+        ``[..., C]`` in [-1, 1] (float64 for float64 input).
+
+    Raises:
+        ValueError: ``units < 1``.
+    """
+
+    def __init__(self, units, kernel_initializer=None, **kwargs):
+        super().__init__(**kwargs)
+        if int(units) < 1:
+            raise ValueError(f"units must be >= 1, got {units}")
+        self.units = int(units)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer or UnitColumnUniform())
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(name="kernel", shape=(int(input_shape[-1]), self.units),
+                                      initializer=self.kernel_initializer, trainable=True)
+
+    def call(self, x):
+        x = l2_normalize(x, axis=-1)
+        w = l2_normalize(tf.cast(self.kernel, x.dtype), axis=0)
+        return tf.clip_by_value(tf.matmul(x, w), -1.0, 1.0)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+
+
+#: The deep-object-reid name of :class:`CosineClassifier`.
+AngleSimpleLinear = CosineClassifier
+
+
+@keras.saving.register_keras_serializable(package="mll_tf")
+class PooledHead(keras.Model):
+    """Baseline head: global average pooling -> dropout -> linear or cosine classifier.
+
+    The "linear / AngleSimpleLinear on pooled features" baseline of
+    Prokofiev & Sovrasov 2022 (Sec. 4; deep-object-reid
+    ``torchreid/models/timm_wrapper.py``: pooled backbone features ->
+    ``nn.Linear`` or ``AngleSimpleLinear``). With ``cosine=False`` and the
+    same weights it computes exactly :class:`MultiLabelHead` (without a
+    bottleneck).
+
+    Args:
+        num_classes: int C >= 1.
+        cosine: bool. False: ``Dense(C)`` logits (for ASL/BCE). True:
+            :class:`CosineClassifier` cosines in [-1, 1] (for the AAM loss,
+            which applies its scale s; no bias).
+        dropout: float in [0, 1), dropout on the pooled features (training
+            only).
+
+    Call:
+        features: float (float16/bfloat16/float32) ``[B, R, D]`` region
+        features, ``[B, h, w, D]`` feature map or ``[B, D]`` pooled
+        features. Returns float32 ``[B, C]``: logits, or cosines in [-1, 1]
+        with ``cosine=True``.
+
+    Raises:
+        ValueError: ``num_classes < 1`` or ``dropout`` outside [0, 1).
+    """
+
+    def __init__(self, num_classes, cosine=False, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.num_classes = int(num_classes)
+        self.cosine = bool(cosine)
+        self.dropout_rate = float(dropout)
+        self.drop = keras.layers.Dropout(self.dropout_rate)
+        self.classifier = (CosineClassifier(self.num_classes, name="classifier") if self.cosine
+                           else keras.layers.Dense(self.num_classes, name="classifier"))
+
+    def build(self, input_shape):
+        self.classifier.build((None, int(input_shape[-1])))
+
+    def call(self, features, training=False):
+        x = pool_features(features, tf.float32)
+        x = self.drop(x, training=training)
+        return tf.cast(self.classifier(x), tf.float32)
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "cosine": self.cosine,
+                "dropout": self.dropout_rate}
