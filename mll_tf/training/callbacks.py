@@ -440,8 +440,12 @@ class RunBackup(keras.callbacks.BackupAndRestore):
 
     Files: ``<backup_dir>/step-<N>.weights.h5`` and ``step-<N>.json``
     (``{"step": N, "rounds_done": R, "callbacks": {name: state}, "history":
-    [round logs]}``): the backup is the run's source of truth, from which
-    ``--resume`` re-creates ``history.csv`` and ``final_metrics.json``.
+    [round logs], "metrics": {name: [values]}}``): the backup is the run's
+    source of truth, from which ``--resume`` re-creates ``history.csv`` and
+    ``final_metrics.json``. A backup taken inside a round also holds the
+    state of the model's running metrics (the round's loss means), which is
+    put back when the resumed round begins: the round's logged losses then
+    average all its steps, as without the interruption.
 
     Args:
         backup_dir: str.
@@ -490,6 +494,19 @@ class RunBackup(keras.callbacks.BackupAndRestore):
                 cb.load_state_dict(state["callbacks"][name])
         self.rounds_done = int(state.get("rounds_done", 0))
         self.history = list(state.get("history", []))[:self.rounds_done]
+        self._pending_metrics = state.get("metrics") or None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # fit resets the metrics just before this call: a resumed round gets back the running
+        # means of its steps before the interruption.
+        pending, self._pending_metrics = getattr(self, "_pending_metrics", None), None
+        if not pending:
+            return
+        for m in self.model.metrics:
+            values = pending.get(m.name)
+            if values is not None and len(values) == len(m.variables):
+                for v, x in zip(m.variables, values):
+                    v.assign(np.asarray(x, dtype=v.dtype))
 
     def on_train_begin(self, logs=None):
         pass  # restored by the runner before fit (the input pipeline depends on the step)
@@ -507,13 +524,13 @@ class RunBackup(keras.callbacks.BackupAndRestore):
                 row[k] = float(v)
         self.history = self.history[:epoch] + [row]
         self._last_batch_seen = 0
-        self._save_model()
+        self._save_model(round_end=True)
 
     def on_train_batch_end(self, batch, logs=None):
         if self._should_save_on_batch(batch):
             self._save_model()
 
-    def _save_model(self):
+    def _save_model(self, round_end=False):
         os.makedirs(self.backup_dir, exist_ok=True)
         step = self.round_control.step if self.round_control is not None else \
             int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -524,6 +541,9 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         state = {"step": step, "rounds_done": self.rounds_done,
                  "callbacks": {n: cb.state_dict() for n, cb in self.stateful.items()},
                  "history": self.history}
+        if not round_end:  # the round's running means, restored when the resumed round begins
+            state["metrics"] = {m.name: [keras.ops.convert_to_numpy(v).tolist() for v in m.variables]
+                                for m in self.model.metrics}
         with open(meta + ".tmp", "w") as f:
             json.dump(state, f)
             f.flush()

@@ -61,6 +61,12 @@ def test_interrupted_mid_round_resumes_at_the_saved_step(store, tmp_path):
     resumed.fit(resume=True, verbose=0)
     rows = list(csv.DictReader(open(os.path.join(run_dir, "history.csv"))))
     assert [r["epoch"] for r in rows] == ["1", "2"] and rows[-1]["step"] == "24"
+    # the resumed round's training loss averages all 12 of its steps, as the uninterrupted run's
+    # (not only the 9 after the backup): the backup holds the running means.
+    assert "metrics" in state and state["metrics"]["loss"][1] == 3.0   # 3 steps of round 2 counted
+    straight_rows = list(csv.DictReader(open(tmp_path / "straight" / "history.csv")))
+    for a, b in zip(straight_rows, rows):
+        np.testing.assert_allclose(float(a["loss"]), float(b["loss"]), rtol=1e-5)
     for a, b in zip(_final_weights(str(tmp_path / "straight")), _final_weights(run_dir)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     prior_a = open(tmp_path / "straight" / "prior.csv").read()
