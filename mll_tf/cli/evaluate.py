@@ -10,7 +10,11 @@ what is measured; every value is a fraction in [0, 1]:
   seen] (unseen first) and seen-only: mAP (per-class AP over known labels; a
   class without a positive scores 0 and stays in the mean) and micro
   P/R/F1@K over all images. ``--baselines`` adds a random ranking and the
-  linear word-embedding (ridge) baseline, measured the same way.
+  linear word-embedding (ridge) baseline, measured the same way. Beside
+  the raw rows: ``+cal`` (calibrated stacking, gamma chosen on validation
+  pseudo-unseen labels of a ``--selection zsl_holdout`` run) and
+  ``+zscore``/``+csls`` (``--hubness-correction``), with the hubness of the
+  unseen labels (k-occurrence skewness, top-1 share) (docs/lesa.md sec. 6).
 * multi-label methods (``csl asl ignore negative logistic imcl``): mAP over
   all entries, mAP over annotated entries only (``mAP_partial``; classes
   without a known positive and negative dropped and counted),
@@ -28,7 +32,7 @@ from mll_tf.cli._flags import FlagSet, UsageError, cli_main, import_tensorflow_q
 __all__ = ["main"]
 
 PROG = "evaluation/evaluate.py"
-_OPTIONS = ("k", "baselines", "threshold")
+_OPTIONS = ("k", "baselines", "threshold", "hubness_correction")
 
 
 def build_flags():
@@ -41,6 +45,9 @@ def build_flags():
     fs.define("k", None, "zero-shot runs: K values of P/R/F1@K, e.g. 3,5 (default: the run's)", kind="int_list")
     fs.define("baselines", False, "zero-shot runs: also score a random ranking and the linear "
               "word-embedding baseline")
+    fs.define("hubness_correction", None, "zero-shot runs: hubness correction reported beside the raw "
+              "scores, fitted on the unlabelled validation images (default zscore; none: no extra rows)",
+              choices=("none", "zscore", "csls"))
     fs.define("threshold", None, "multi-label runs: probability threshold of CP..OF1 (default: the run's)",
               kind="float", min=0.0, max=1.0)
     fs.define("tune_thresholds", False, "multi-label runs: per-class thresholds maximising each class's F1 on "

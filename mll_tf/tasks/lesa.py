@@ -57,6 +57,15 @@ class LESAConfig(TaskConfig):
                            "OpenImages 10,20)", min=1)
     attention_images: int = option(4, "validation images whose attention maps go to TensorBoard each "
                                    "round (0: none)", min=0)
+    selection: str = option("seen", "model selection: seen (the reference: the checkpoint with the best "
+                            "validation seen F1@K) or zsl_holdout (a part of the seen labels is masked "
+                            "from training as pseudo-unseen; the checkpoint with the best validation ZSL "
+                            "mAP on them; GZSL calibration is chosen on them, docs/lesa.md sec. 6)",
+                            choices=("seen", "zsl_holdout"))
+    holdout_fraction: float = option(0.15, "--selection zsl_holdout: share of the seen labels held out as "
+                                     "pseudo-unseen", min=0.0, max=1.0, min_exclusive=True)
+    holdout_min_val_images: int = option(5, "--selection zsl_holdout: a held-out label needs this many "
+                                         "positive validation images", min=1)
 
 
 @keras.saving.register_keras_serializable(package="mll_tf")
@@ -221,16 +230,20 @@ class LESATask(Task):
     """
 
     Config = LESAConfig
-    evaluate_options = ("k", "baselines")
+    evaluate_options = ("k", "baselines", "hubness_correction")
     resumable_fields = ("eval_k", "attention_images")
 
     @property
     def default_monitor(self):
+        if self.config.selection == "zsl_holdout":
+            return "val_holdout_zsl_mAP"
         ks = self.config.eval_k or (3, 5)
         return "val_seen_F1@5" if 5 in ks else f"val_seen_F1@{ks[-1]}"
 
     def describe(self):
-        return (f"{len(self.split.seen)} seen, {len(self.split.unseen)} unseen, "
+        held = (f" ({len(self.split.holdout)} of them held out as pseudo-unseen for selection)"
+                if self.split.holdout else "")
+        return (f"{len(self.split.seen)} seen{held}, {len(self.split.unseen)} unseen, "
                 f"{len(self.split.excluded)} excluded labels (label_split.json); {self.num_heads_desc}")
 
     @property
@@ -282,10 +295,17 @@ class LESATask(Task):
                 split = choose_unseen_labels(names, missing, counts.get("train", {}), counts.get("test", {}),
                                              unseen_fraction=self.config.unseen_fraction,
                                              min_test_images=self.config.min_test_images)
+            if self.config.selection == "zsl_holdout":
+                split.holdout = self._choose_holdout(split)
             keep = [i for i, n in enumerate(names) if n not in split.excluded]
             self._to_save = (split, np.array([names[i] for i in keep]), emb[keep], np.array(wv.source))
             vectors = {names[i]: emb[i] for i in keep}
         self.split = split
+        if self.config.selection == "zsl_holdout" and not split.holdout:
+            raise ValueError("--selection zsl_holdout: this run's label_split.json holds no pseudo-unseen "
+                             "labels (it was started with --selection seen)")
+        if not self.run.monitor and self.config.selection == "zsl_holdout":
+            self.run.monitor = "val_holdout_zsl_mAP"
         if not self.run.monitor:  # F1@K needs K <= the number of seen labels
             ks = [k for k in self.config.eval_k if k <= len(split.seen)]
             self.run.monitor = ("val_seen_F1@5" if 5 in ks else f"val_seen_F1@{ks[-1]}" if ks
@@ -294,6 +314,25 @@ class LESATask(Task):
         self.seen_vectors = np.stack([vectors[n] for n in split.seen]).astype(np.float32)
         self.unseen_vectors = (np.stack([vectors[n] for n in split.unseen]).astype(np.float32)
                                if split.unseen else np.zeros((0, self.seen_vectors.shape[1]), np.float32))
+
+    def _choose_holdout(self, split):
+        """Pseudo-unseen seen labels (:func:`~mll_tf.training.zsl_split.choose_holdout_labels`)."""
+        from mll_tf.training.zsl_split import choose_holdout_labels
+
+        counts = self.read_manifest("val").extra.get("label_counts_by_split", {})
+        train_counts = counts.get("train") or self.manifest.extra.get("label_counts_by_split", {}).get("train", {})
+        val_counts = counts.get("val")
+        if not val_counts:  # count the validation positives of the seen labels from the store
+            from mll_tf.data.feature_store import make_dataset
+
+            cols = split.indices(self.manifest.label_names)[0]
+            pos = np.zeros(len(cols), np.int64)
+            for _, y in make_dataset(self.features_dir("val"), 512):
+                pos += (y.numpy()[:, cols] == 1).sum(0)
+            val_counts = dict(zip(split.seen, pos.tolist()))
+        return choose_holdout_labels(split.seen, self.manifest.label_names, train_counts, val_counts,
+                                     fraction=self.config.holdout_fraction,
+                                     min_val_images=self.config.holdout_min_val_images)
 
     def save_run_files(self, run_dir):
         """``label_split.json`` and ``label_embeddings.npz`` (names + raw word vectors), atomically."""
@@ -312,9 +351,15 @@ class LESATask(Task):
 
     def train_dataset(self, batch_size, start_step=0):
         r = self.run
-        return column_dataset(self.features_dir("train"), self.seen_idx, batch_size, shuffle=r.shuffle,
-                              shuffle_buffer=r.shuffle_buffer, seed=r.seed, cache=r.cache, repeat=True,
-                              drop_remainder=True, start_example=start_step * batch_size)
+        ds = column_dataset(self.features_dir("train"), self.seen_idx, batch_size, shuffle=r.shuffle,
+                            shuffle_buffer=r.shuffle_buffer, seed=r.seed, cache=r.cache, repeat=True,
+                            drop_remainder=True, start_example=start_step * batch_size)
+        if not self.split.holdout:
+            return ds
+        held = set(self.split.holdout)  # pseudo-unseen: unknown (-1), so no loss term sees them
+        mask = tf.constant([n in held for n in self.split.seen])
+        return ds.map(lambda f, y: (f, tf.where(mask, tf.constant(-1, y.dtype), y)),
+                      num_parallel_calls=tf.data.AUTOTUNE)
 
     # --- model ---------------------------------------------------------------------------------------
     def build_model(self):
@@ -357,15 +402,78 @@ class LESATask(Task):
         if len(self.unseen_idx):
             zsl, _ = multilabel_report(scores[:, ns:], labels[:, ns:], ks)
             out.update({f"zsl_{k}": v for k, v in zsl.items() if not k.startswith("num_")})
+        if self.split.holdout:
+            out.update(holdout_metrics(scores[:, :ns], labels[:, :ns], self.split, ks))
         return out
 
     # --- after training ---------------------------------------------------------------------------------
-    def evaluate(self, run_dir, split="test", which="best", out=None, k=None, baselines=False, **_):
+    def calibration(self, run_dir, which="best", model=None):
+        """Calibrated-stacking gammas of a ``--selection zsl_holdout`` run, chosen on validation.
+
+        For each hubness correction (:data:`mll_tf.metrics.hubness.HUBNESS_CORRECTIONS`)
+        the gamma maximising the validation GZSL F1@K over [pseudo-unseen,
+        trained] labels (:func:`holdout_metrics`); no unseen label is read.
+        Cached in ``<run>/calibration.json`` (recomputed when the model file
+        changed).
+
+        Returns:
+            dict ``{"model", "gamma": {correction: float}, "val": {correction:
+            figures}, ...}``, or None for a run without pseudo-unseen labels.
+        """
+        from mll_tf.metrics.hubness import HUBNESS_CORRECTIONS
+        from mll_tf.training.atomic import write_json
+
+        lsplit, vec = load_label_split(run_dir)
+        if not lsplit.holdout:
+            return None
+        path = os.path.join(run_dir, "calibration.json")
+        model_path = os.path.join(run_dir, f"{which}.keras")
+        stamp = os.path.getmtime(model_path) if os.path.exists(model_path) else None
+        if os.path.exists(path):
+            with open(path) as f:
+                rec = json.load(f)
+            if rec.get("model") == which and rec.get("model_mtime") == stamp:
+                return rec
+        model = model if model is not None else self.load_model(run_dir, which)
+        seen_idx, _ = lsplit.indices(self.read_manifest("val").label_names)
+        seen_vecs = np.stack([vec[n] for n in lsplit.seen]).astype(np.float32)
+        scores, labels = predict_logits(model, column_dataset(self.features_dir("val"), seen_idx, 256),
+                                        seen_vecs)
+        ks = tuple(self.config.eval_k or (3, 5))
+        rec = {"model": which, "model_mtime": stamp, "split": "val", "holdout": list(lsplit.holdout),
+               "k": list(ks), "criterion": "mean GZSL F1@K over [held-out, trained] seen labels",
+               "gamma": {}, "val": {}}
+        for c in HUBNESS_CORRECTIONS:
+            m = holdout_metrics(scores, labels, lsplit, ks, correction=c)
+            rec["gamma"][c] = m["holdout_gamma"]
+            rec["val"][c] = m
+        write_json(path, rec)
+        return rec
+
+    def on_fit_end(self, model, run_dir):
+        if self.split.holdout and os.path.exists(os.path.join(run_dir, "best.keras")):
+            rec = self.calibration(run_dir, "best")
+            print(f"calibrated stacking: gamma {rec['gamma']['none']:.4f} (validation, pseudo-unseen "
+                  f"labels) -> {run_dir}/calibration.json")
+
+    def evaluate(self, run_dir, split="test", which="best", out=None, k=None, baselines=False,
+                 hubness_correction="zscore", **_):
         """ZSL (unseen labels), GZSL ([unseen, seen]) and seen-only mAP and P/R/F1@K.
 
         Writes ``<out>/summary.json`` and ``<out>/per_class.csv`` (GZSL order:
         unseen first). ``baselines`` adds a random ranking (mean of 5) and the
         linear word-embedding (ridge) baseline, measured the same way.
+
+        Side by side (docs/lesa.md sec. 6, docs/metrics.md sec. 6): ``+cal``
+        rows apply calibrated stacking with the gamma chosen on validation
+        pseudo-unseen labels (:meth:`calibration`; LESA only for
+        ``--selection zsl_holdout`` runs; the baseline refits its ridge
+        without the pseudo-unseen labels to choose its own gamma);
+        ``+<hubness_correction>`` rows standardise each label's scores with
+        statistics of the unlabelled validation images
+        (:mod:`mll_tf.metrics.hubness`). ``summary.json["hubness"]`` holds the
+        skewness of the unseen labels' k-occurrence and the top-1 share of
+        each row's ZSL scores.
 
         Returns:
             (summary dict, printable report).
@@ -385,6 +493,28 @@ class LESATask(Task):
         u = len(lsplit.unseen)
         summary, ap = zsl_gzsl_report(scores, labels, u, ks)
         results = {"lesa": summary}
+        from mll_tf.metrics.calibration import calibrated_stacking
+        from mll_tf.metrics.hubness import apply_correction, fit_correction, hubness_report
+
+        corr = hubness_correction or "none"
+        hub = {"lesa": hubness_report(scores[:, :u], ks, lsplit.unseen)}
+        cal = self.calibration(run_dir, which, model) if u else None
+        gammas = {}
+        if cal is not None:
+            gammas["lesa"] = cal["gamma"]["none"]
+            results["lesa+cal"] = zsl_gzsl_report(calibrated_stacking(scores, u, gammas["lesa"]), labels,
+                                                  u, ks)[0]
+        if corr != "none":
+            val_scores, _ = predict_logits(model, column_dataset(
+                self.features_dir("val"), *_val_columns(self, lsplit), 256), gzsl_vecs)
+            fitted = fit_correction(val_scores, corr)
+            corrected = apply_correction(scores, fitted)
+            results[f"lesa+{corr}"] = zsl_gzsl_report(corrected, labels, u, ks)[0]
+            hub[f"lesa+{corr}"] = hubness_report(corrected[:, :u], ks, lsplit.unseen)
+            if cal is not None:
+                gammas[f"lesa+{corr}"] = cal["gamma"][corr]
+                results[f"lesa+{corr}+cal"] = zsl_gzsl_report(
+                    calibrated_stacking(corrected, u, gammas[f"lesa+{corr}"]), labels, u, ks)[0]
         if baselines:
             from mll_tf.models.baselines import LinearEmbeddingBaseline, random_scores
 
@@ -397,12 +527,28 @@ class LESATask(Task):
             xte, _ = _region_means(self.features_dir(split), unseen_idx + seen_idx)
             seen_vecs = np.stack([vec[n] for n in lsplit.seen])
             lin = LinearEmbeddingBaseline().fit(xtr, ytr, seen_vecs)
-            results["linear_embedding"] = zsl_gzsl_report(lin.scores(xte, gzsl_vecs), labels, u, ks)[0]
+            lin_scores = lin.scores(xte, gzsl_vecs)
+            results["linear_embedding"] = zsl_gzsl_report(lin_scores, labels, u, ks)[0]
+            hub["linear_embedding"] = hubness_report(lin_scores[:, :u], ks, lsplit.unseen)
+            if u:
+                lin_g = _baseline_gammas(self, lsplit, vec, xtr, ytr, ks, corr)
+                gammas["linear_embedding"] = lin_g["none"]
+                results["linear_embedding+cal"] = zsl_gzsl_report(
+                    calibrated_stacking(lin_scores, u, lin_g["none"]), labels, u, ks)[0]
+                if corr != "none":
+                    xva, _ = _region_means(self.features_dir("val"), *_val_columns(self, lsplit))
+                    lin_c = apply_correction(lin_scores, fit_correction(lin.scores(xva, gzsl_vecs), corr))
+                    results[f"linear_embedding+{corr}"] = zsl_gzsl_report(lin_c, labels, u, ks)[0]
+                    hub[f"linear_embedding+{corr}"] = hubness_report(lin_c[:, :u], ks, lsplit.unseen)
+                    gammas[f"linear_embedding+{corr}"] = lin_g[corr]
+                    results[f"linear_embedding+{corr}+cal"] = zsl_gzsl_report(
+                        calibrated_stacking(lin_c, u, lin_g[corr]), labels, u, ks)[0]
         out = out or os.path.join(run_dir, f"eval_{split}")
         os.makedirs(out, exist_ok=True)
         model_path = os.path.join(run_dir, f"{which}.keras")
         record = {"run": run_dir, "model": model_path, "split": split, "k": list(ks), "num_unseen": u,
-                  "num_seen": len(lsplit.seen), "results": results}
+                  "num_seen": len(lsplit.seen), "holdout": list(lsplit.holdout), "gamma": gammas,
+                  "hubness_correction": corr, "hubness": hub, "results": results}
         with open(os.path.join(out, "summary.json"), "w") as f:
             json.dump(record, f, indent=2)
         names = lsplit.gzsl_names()
@@ -415,7 +561,17 @@ class LESATask(Task):
         lines = [f"{split}: {labels.shape[0]} images, {u} unseen + {len(lsplit.seen)} seen labels "
                  f"({model_path})"]
         for name, summ in results.items():
-            lines.append(format_table(summ, ks, title=f"\n[{name}] (fractions in [0, 1])"))
+            extra = f"; gamma {gammas[name]:.4f}" if name in gammas and name.endswith("+cal") else ""
+            lines.append(format_table(summ, ks, title=f"\n[{name}] (fractions in [0, 1]{extra})"))
+        if u:
+            lines.append("\nhubness of the unseen labels (ZSL scores): skewness of the k-occurrence; share "
+                         "of the images whose top-1 is the most frequent top-1 label")
+            for name, h in hub.items():
+                sk = "  ".join(f"{key} {h[key]:7.3f}" for key in h if key.startswith("skew@"))
+                lines.append(f"  {name:<24}{sk}  top1_share {h['top1_share']:.3f} ({h['top1_label']})")
+        if cal is None and u:
+            lines.append("\n(no calibrated LESA rows: the run has no pseudo-unseen labels to choose gamma "
+                         "on; train with --selection zsl_holdout)")
         lines.append(f"\nwrote {out}/summary.json and {out}/per_class.csv")
         return record, "\n".join(lines)
 
@@ -428,6 +584,97 @@ class LESATask(Task):
         return Predictor(label_names=names,
                          score=lambda f: model(f, training=False, label_embeddings=vecs)["logits"].numpy(),
                          is_probability=False, manifest=self.read_manifest("train"))
+
+
+def holdout_order(split):
+    """Positions, within ``split.seen``, of the pseudo-unseen then the trained labels (int lists)."""
+    held = set(split.holdout)
+    return ([i for i, n in enumerate(split.seen) if n in held],
+            [i for i, n in enumerate(split.seen) if n not in held])
+
+
+def holdout_metrics(seen_scores, seen_labels, split, ks, correction="none"):
+    """Validation figures of the pseudo-unseen protocol (``--selection zsl_holdout``).
+
+    The held-out seen labels play the unseen labels: ZSL over them, GZSL
+    over [held-out, trained] (held-out first), and the calibrated-stacking
+    gamma that maximises the mean GZSL F1@K
+    (:func:`mll_tf.metrics.calibration.choose_gamma`).
+
+    Args:
+        seen_scores: float ``[N, S]`` validation scores of ``split.seen`` (seen order).
+        seen_labels: int ``[N, S]`` in {1, 0, -1}.
+        split: :class:`~mll_tf.training.zsl_split.LabelSplit` with ``holdout``.
+        ks: K values.
+        correction: hubness correction applied first (fitted on these
+            scores, no labels; :mod:`mll_tf.metrics.hubness`).
+
+    Returns:
+        dict of floats: ``holdout_zsl_mAP``, ``holdout_zsl_F1@K``,
+        ``holdout_gzsl_mAP``, ``holdout_gzsl_F1@K``, ``holdout_gamma`` and
+        ``holdout_gzsl_cal_F1@K`` (fractions in [0, 1] except the gamma, in
+        score units).
+    """
+    from mll_tf.metrics.calibration import calibrated_stacking, choose_gamma
+    from mll_tf.metrics.hubness import apply_correction, fit_correction
+    from mll_tf.metrics.report import multilabel_report
+
+    hp, tp = holdout_order(split)
+    cols = hp + tp
+    s = np.asarray(seen_scores, np.float64)[:, cols]
+    y = np.asarray(seen_labels)[:, cols]
+    s = apply_correction(s, fit_correction(s, correction))
+    u = len(hp)
+    out = {}
+    zsl, _ = multilabel_report(s[:, :u], y[:, :u], ks)
+    gzsl, _ = multilabel_report(s, y, ks)
+    keep = ("mAP",) + tuple(f"F1@{k}" for k in ks)
+    out.update({f"holdout_zsl_{m}": zsl[m] for m in keep if m in zsl})
+    out.update({f"holdout_gzsl_{m}": gzsl[m] for m in keep if m in gzsl})
+    gamma, _, _ = choose_gamma(s, y, u, ks)
+    cal, _ = multilabel_report(calibrated_stacking(s, u, gamma), y, ks)
+    out["holdout_gamma"] = gamma
+    out.update({f"holdout_gzsl_cal_{m}": cal[m] for m in keep[1:] if m in cal})
+    return out
+
+
+def _val_columns(task, lsplit):
+    """The validation split's [unseen, seen] label columns (a 1-tuple, for ``column_dataset``)."""
+    seen_idx, unseen_idx = lsplit.indices(task.read_manifest("val").label_names)
+    return (unseen_idx + seen_idx,)
+
+
+def _baseline_gammas(task, lsplit, vec, xtr, ytr, ks, corr):
+    """Calibrated-stacking gammas of the linear baseline, chosen as LESA's.
+
+    The ridge is refitted without the pseudo-unseen seen labels (the run's
+    ``holdout``, or :func:`~mll_tf.training.zsl_split.choose_holdout_labels`
+    with the default settings for a run without one) and gamma maximises
+    the validation GZSL F1@K over [held-out, trained]; no unseen label is read.
+
+    Returns:
+        dict correction name -> gamma (keys ``"none"`` and ``corr``).
+    """
+    from mll_tf.models.baselines import LinearEmbeddingBaseline
+    from mll_tf.training.zsl_split import choose_holdout_labels
+
+    split = lsplit
+    if not split.holdout:
+        cfg = LESAConfig()
+        counts = task.read_manifest("val").extra.get("label_counts_by_split", {})
+        split = dataclasses.replace(lsplit, holdout=choose_holdout_labels(
+            lsplit.seen, task.read_manifest("train").label_names, counts.get("train", {}),
+            counts.get("val", {}), fraction=cfg.holdout_fraction, min_val_images=cfg.holdout_min_val_images))
+    hp, tp = holdout_order(split)
+    seen_vecs = np.stack([vec[n] for n in split.seen]).astype(np.float32)
+    ridge = LinearEmbeddingBaseline().fit(xtr, ytr[:, tp], seen_vecs[tp])
+    s_idx, _ = split.indices(task.read_manifest("val").label_names)
+    xva, yva = _region_means(task.features_dir("val"), s_idx)
+    val_scores = ridge.scores(xva, seen_vecs)
+    out = {}
+    for c in dict.fromkeys(("none", corr)):
+        out[c] = holdout_metrics(val_scores, yva, split, ks, correction=c)["holdout_gamma"]
+    return out
 
 
 def _region_means(split_dir, columns):

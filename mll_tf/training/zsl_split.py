@@ -20,11 +20,22 @@ class LabelSplit:
         excluded: dict label name -> reason (e.g. no word vector): these take
             part in neither set.
         rule: str, how the split was made.
+        holdout: list of SEEN label names held out as pseudo-unseen for model
+            selection (``--selection zsl_holdout``, :func:`choose_holdout_labels`):
+            masked (-1) in the training labels, scored with their word vectors
+            on the validation split; empty otherwise. At test time they are
+            still seen labels of the split.
     """
     seen: list
     unseen: list
     excluded: dict
     rule: str
+    holdout: list = dataclasses.field(default_factory=list)
+
+    def trained(self):
+        """Seen labels the model is trained on: ``seen`` minus ``holdout`` (seen order)."""
+        held = set(self.holdout)
+        return [n for n in self.seen if n not in held]
 
     def indices(self, label_names):
         """Column indices of (seen, unseen) in ``label_names`` (int lists)."""
@@ -111,3 +122,55 @@ def choose_unseen_labels(label_names, missing_vectors, train_counts, test_counts
             f"positive test images, no singular/plural twin) by train frequency; fraction {unseen_fraction}")
     return LabelSplit(seen=seen, unseen=[n for n in label_names if n in unseen],
                       excluded=excluded, rule=rule)
+
+
+def choose_holdout_labels(seen, vocabulary, train_counts, val_counts, *, fraction=0.15,
+                          min_val_images=5):
+    """Seen labels held out as pseudo-unseen for zero-shot model selection.
+
+    Model selection must not look at the unseen labels, so transfer is
+    measured on a part of the SEEN labels instead: these are masked from the
+    training loss and scored by their word vectors on the validation split,
+    as unseen labels are at test time (the "validation classes" of Xian et
+    al., "Zero-shot learning -- the good, the bad and the ugly", TPAMI 2018,
+    Sec. 4.2, kept inside the one training run). The same rule as
+    :func:`choose_unseen_labels`, on the seen labels and the validation split:
+    a candidate has at least ``min_val_images`` positive validation images and
+    no singular/plural twin anywhere in ``vocabulary`` (a twin would be
+    trained under another spelling); candidates are ordered by decreasing
+    train count (ties by name) and every k-th is taken starting with the
+    second, so that ``round(fraction * len(seen))`` labels spread over the
+    frequency range. Only seen-label counts are read.
+
+    Args:
+        seen: list of str, the seen labels (their order is kept).
+        vocabulary: iterable of str, every label name of the dataset (for twins).
+        train_counts, val_counts: dict name -> positive images in that split.
+        fraction: float in (0, 1), share of the seen labels held out.
+        min_val_images: int >= 1.
+
+    Returns:
+        list of str, a subset of ``seen`` in ``seen`` order (deterministic:
+        the same inputs give the same list).
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1), or no seen label qualifies.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    forms = {}
+    for n in vocabulary:
+        forms.setdefault(_singular(n), set()).add(n)
+    candidates = [n for n in seen
+                  if val_counts.get(n, 0) >= min_val_images and len(forms.get(_singular(n), {n}) | {n}) == 1]
+    if not candidates:
+        raise ValueError(f"no seen label qualifies as pseudo-unseen (need >= {min_val_images} positive "
+                         "validation images and no singular/plural twin)")
+    candidates.sort(key=lambda n: (-train_counts.get(n, 0), n))
+    n_hold = max(1, min(len(candidates), round(fraction * len(seen))))
+    step = max(1, len(candidates) // n_hold)
+    chosen = candidates[1::step][:n_hold] if len(candidates) > 1 else candidates
+    chosen = set(chosen)
+    if len(chosen) >= len(seen):
+        raise ValueError("the holdout would leave no seen label to train on")
+    return [n for n in seen if n in chosen]
