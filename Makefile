@@ -44,6 +44,15 @@ evaluate: train
 
 demo: evaluate
 
+# README demo table: the train + evaluate commands above REPEAT times in fresh run folders (seeds 0..REPEAT-1),
+# mean (min-max) of every number; DEMO_REPEAT_ARGS adds train.py flags, e.g. "--selection zsl_holdout" (issue 16)
+REPEAT ?= 5
+DEMO_REPEAT_ARGS ?=
+.PHONY: demo-repeat
+demo-repeat: extract
+	$(PY) benchmarks/demo_repeat.py --n $(REPEAT) --features-root $(FEATURES) --epochs $(EPOCHS) \
+	  --runs-root runs/demo_repeat --train-args="$(DEMO_REPEAT_ARGS)"
+
 test: install
 	$(PY) -m pytest -q -ra
 
