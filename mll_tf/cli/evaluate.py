@@ -14,7 +14,7 @@ what is measured; every value is a fraction in [0, 1]:
   the raw rows: ``+cal`` (calibrated stacking, gamma chosen on validation
   pseudo-unseen labels of a ``--selection zsl_holdout`` run) and
   ``+zscore``/``+csls`` (``--hubness-correction``), with the hubness of the
-  unseen labels (k-occurrence skewness, top-1 share) (docs/lesa.md sec. 6).
+  unseen labels (k-occurrence skewness, top-1 share) (docs/lesa.md sec. 7).
 * multi-label methods (``csl asl ignore negative logistic imcl``): mAP over
   all entries, mAP over annotated entries only (``mAP_partial``; classes
   without a known positive and negative dropped and counted),

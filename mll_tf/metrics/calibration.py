@@ -12,11 +12,11 @@ before ranking::
 gamma > 0 favours the unseen labels, gamma = 0 is plain stacking. gamma is a
 hyper-parameter and must be chosen without unseen-label ground truth: here
 on the validation split with SEEN labels held out as pseudo-unseen
-(:func:`mll_tf.training.zsl_split.choose_holdout_labels`, docs/lesa.md §6).
+(:func:`mll_tf.training.zsl_split.choose_holdout_labels`, docs/lesa.md §7).
 
 Per-class AP is invariant to adding a constant to a column, so calibration
 changes the GZSL P/R/F1@K (a per-image ranking over labels) and never the
-ZSL or GZSL mAP (docs/metrics.md §6).
+ZSL or GZSL mAP (docs/metrics.md §7).
 """
 
 import numpy as np

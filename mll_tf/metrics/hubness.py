@@ -26,7 +26,7 @@ split; no label is read):
 
 Both are monotone per label (column), so every per-class AP -- hence ZSL and
 GZSL mAP -- is unchanged; they change the per-image rankings, i.e.
-P/R/F1@K and the hubness figures (docs/metrics.md §6).
+P/R/F1@K and the hubness figures (docs/metrics.md §7).
 """
 
 import numpy as np

@@ -60,7 +60,7 @@ class LESAConfig(TaskConfig):
     selection: str = option("seen", "model selection: seen (the reference: the checkpoint with the best "
                             "validation seen F1@K) or zsl_holdout (a part of the seen labels is masked "
                             "from training as pseudo-unseen; the checkpoint with the best validation ZSL "
-                            "mAP on them; GZSL calibration is chosen on them, docs/lesa.md sec. 6)",
+                            "mAP on them; GZSL calibration is chosen on them, docs/lesa.md sec. 7)",
                             choices=("seen", "zsl_holdout"))
     holdout_fraction: float = option(0.15, "--selection zsl_holdout: share of the seen labels held out as "
                                      "pseudo-unseen", min=0.0, max=1.0, min_exclusive=True)
@@ -464,7 +464,7 @@ class LESATask(Task):
         unseen first). ``baselines`` adds a random ranking (mean of 5) and the
         linear word-embedding (ridge) baseline, measured the same way.
 
-        Side by side (docs/lesa.md sec. 6, docs/metrics.md sec. 6): ``+cal``
+        Side by side (docs/lesa.md sec. 7, docs/metrics.md sec. 7): ``+cal``
         rows apply calibrated stacking with the gamma chosen on validation
         pseudo-unseen labels (:meth:`calibration`; LESA only for
         ``--selection zsl_holdout`` runs; the baseline refits its ridge
