@@ -314,8 +314,10 @@ def cli_main(run, argv=None):
     Returns:
         int exit code: ``run``'s, or 2 after printing ``error: <message>``
         for :class:`UsageError`, ``ValueError``, ``KeyError``,
-        ``FileNotFoundError`` (which includes a missing feature store) and
-        ``NotADirectoryError``.
+        ``FileNotFoundError`` (which includes a missing feature store),
+        ``NotADirectoryError``, and the input pipeline's own checks failing
+        inside TensorFlow (a corrupt or truncated shard, a non-finite or
+        mis-shaped record: their message names the store, shard or record).
     """
     try:
         return run(argv)
@@ -324,3 +326,31 @@ def cli_main(run, argv=None):
         sys.stdout.flush()
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 -- only the pipeline's named data errors become one line
+        msg = _data_error_message(e)
+        if msg is None:
+            raise
+        sys.stdout.flush()
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _data_error_message(e):
+    """The message of a feature-store check that failed inside a ``tf.data`` pipeline, or None.
+
+    The reader's checks (``mll_tf.data.feature_store`` / ``schema``) fail with
+    ``InvalidArgumentError: ... assertion failed: [feature store '...': ...]``;
+    this returns the text between the brackets. Any other error gives None
+    (it is a bug and keeps its traceback).
+    """
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(e, tf.errors.OpError):
+        return None
+    text = e.message if hasattr(e, "message") else str(e)
+    start = text.find("assertion failed: [feature store ")
+    if start < 0:
+        return None
+    body = text[start + len("assertion failed: ["):]
+    end = body.find("]\n")
+    body = body[:end] if end >= 0 else body.split("\n", 1)[0].rstrip("]")
+    return body.replace("\\'", "'")

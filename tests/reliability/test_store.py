@@ -584,3 +584,25 @@ def test_lock_released_when_close_fails(tmp_path, monkeypatch):
     assert sorted(_read_ids(tmp_path, require_complete=False)) == IDS[:7]
     with FeatureStoreWriter(tmp_path, _manifest(), max_shard_bytes=300) as w2:
         assert w2.done_ids == set(IDS[:7])
+
+
+def test_train_cli_answers_a_corrupt_validation_shard_with_one_line(tmp_path, capsys):
+    """The reader's check fails inside fit's validation; the tool prints one ``error:`` line naming
+    the store and the shard (and the --verify command) and exits 2, no traceback."""
+    from mll_tf.cli import train
+    from tests.helpers import write_toy_store
+
+    write_toy_store(tmp_path / "features")
+    val = tmp_path / "features" / "toy" / "efficientnet_lite0_8" / "val"
+    name = read_manifest(str(val)).shards[0]["file"]
+    data = bytearray(open(val / name, "rb").read())
+    open(val / name, "wb").write(bytes(data[:len(data) // 2]))
+    capsys.readouterr()
+    rc = train.main(["--method", "ignore", "--dataset", "toy", "--backbone", "efficientnet_lite0",
+                     "--input-size", "8", "--features-root", str(tmp_path / "features"),
+                     "--run-dir", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "16",
+                     "--noprogress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("error: feature store ") and name in err[0]
+    assert str(val) in err[0] and "--verify" in err[0] and "Traceback" not in err[0]
