@@ -231,3 +231,17 @@ def test_two_replicas_equal_one(strategy2):
         return make(cosine=True)
 
     assert_two_replicas_equal_one(strategy2, make_model, x, r)
+
+
+def test_mixed_precision_policy_gives_float32_close_to_float32():
+    x = features(13)
+    want = built(True)(x).numpy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        m = built(True)
+        assert m.compute_dtype == "float16" and m.group_kernel.dtype == "float32"
+        got = m(x)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert got.dtype == tf.float32
+    np.testing.assert_allclose(got.numpy(), want, atol=2e-2)
