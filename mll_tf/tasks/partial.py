@@ -78,7 +78,9 @@ class PartialLabelSteps(OwnLossSteps):
     the batch's sigmoid outputs to the running class prior (``prior_sum``,
     ``prior_count``: float64, kept across rounds and backed up).
     Logged: ``loss`` (the global batch's normalised loss, averaged over the
-    round).
+    round). With ``sam_rho > 0`` the gradient is SAM's
+    (:func:`mll_tf.training.recipe.sam_gradients`: a second pass at the
+    perturbed weights) and ``loss`` and the prior are the first pass's.
     """
 
     def _init_steps(self, num_classes, normalizer):
@@ -113,14 +115,28 @@ class PartialLabelSteps(OwnLossSteps):
             loss = total / batch
         return logits, loss
 
+    #: SAM radius and variant (``--sam-rho``, ``--sam-adaptive``; set by the runner): 0 = one gradient pass
+    sam_rho = 0.0
+    sam_adaptive = False
+
     def train_step(self, data):
         x, y = data
         ctx = tf.distribute.get_replica_context()
-        with tf.GradientTape() as tape:
+
+        def compute():
             logits, loss = self._loss(x, y, training=True)
             reg = tf.add_n(self.losses) / ctx.num_replicas_in_sync if self.losses else 0.0
-            scaled = self.optimizer.scale_loss(loss + reg)
-        grads = tape.gradient(scaled, self.trainable_variables)
+            return self.optimizer.scale_loss(loss + reg), (logits, loss)
+
+        if self.sam_rho > 0:
+            from mll_tf.training.recipe import sam_gradients
+
+            grads, _, (logits, loss) = sam_gradients(compute, self.trainable_variables, self.sam_rho,
+                                                     self.sam_adaptive)
+        else:
+            with tf.GradientTape() as tape:
+                scaled, (logits, loss) = compute()
+            grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
         probs = tf.reduce_sum(tf.sigmoid(tf.cast(logits, tf.float32)), axis=0)
         self.prior_sum.assign_add(tf.cast(ctx.all_reduce(tf.distribute.ReduceOp.SUM, probs), tf.float64))
@@ -186,6 +202,8 @@ class PartialLabelTask(MultiLabelTask):
     """A linear head trained with one of the partial-label losses (subclasses set the loss)."""
 
     Config = PartialLabelConfig
+    #: the step runs SAM with --sam-rho (mll_tf.training.recipe.check_recipe)
+    supports_sam = True
     #: the method's loss settings (a config value >= 0 overrides each)
     loss_defaults = {}
     normalizer = "batch"

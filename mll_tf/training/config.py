@@ -175,10 +175,16 @@ class RunConfig:
     # --- optimisation
     optimizer: str = option("adam", "optimizer", choices=_optimizer_names)
     learning_rate: float = option(1e-4, "initial learning rate", min=0.0, min_exclusive=True)
-    weight_decay: float = option(0.0, "adamw: decoupled weight decay (not on biases / norm parameters)",
-                                 min=0.0)
+    weight_decay: float = option(0.0, "sgd, adamw: decoupled weight decay (w -= lr * wd * w; never on "
+                                 "biases / norm parameters / other variables of <= 1 dimension)", min=0.0)
     lr_schedule: str = option("constant", "constant | adaptive (LESA/IMCL LearningRate.adapt: EMA of the "
-                              "monitored metric, decay on a drop)", choices=("constant", "adaptive"))
+                              "monitored metric, decay on a drop) | one_cycle (cosine one-cycle over the run, "
+                              "peak --learning-rate)", choices=("constant", "adaptive", "one_cycle"))
+    lr_warmup_fraction: float = option(0.2, "one_cycle: fraction of the steps rising to the peak "
+                                       "(pct_start)", min=0.0, max=0.999)
+    lr_div_factor: float = option(100.0, "one_cycle: the first rate is --learning-rate / this", min=1.0)
+    lr_final_div_factor: float = option(1000.0, "one_cycle: the last rate is the first rate / this",
+                                        min=1.0)
     lr_signal: float = option(0.3, "adaptive: EMA weight of the newest validation value", min=0.0,
                               max=1.0, min_exclusive=True)
     lr_decay: float = option(0.8, "adaptive: factor applied on a drop of the EMA", min=0.0, max=1.0,
@@ -186,6 +192,19 @@ class RunConfig:
     lr_patience: int = option(5, "adaptive: validation rounds to wait after a decay", min=0)
     lr_floor_fraction: float = option(1e-3, "adaptive: no decay once lr < this fraction of "
                                       "--learning-rate", min=0.0)
+    sam_rho: float = option(0.0, "> 0: sharpness-aware minimisation with this radius (two gradient passes "
+                            "per step; the reference uses 0.05)", min=0.0)
+    sam_adaptive: bool = option(False, "adaptive SAM: perturbation scaled by the squared weights")
+    ema_decay: float = option(0.0, "> 0: keep an exponential moving average of the weights with this decay "
+                              "(e.g. 0.9997); validation, best.keras and last.keras use it", min=0.0,
+                              max=0.999999)
+    early_stopping_patience: int = option(0, "> 0: stop after this many validation rounds without a better "
+                                          "monitored value", min=0)
+    mixup: float = option(0.0, "> 0: MixUp of the training batches with Beta(a, a) weights (features or "
+                          "images; methods that train on soft targets)", min=0.0)
+    cutmix: float = option(0.0, "> 0: CutMix of the training images with Beta(a, a) areas (--finetune)",
+                           min=0.0)
+    mix_probability: float = option(1.0, "--mixup/--cutmix: fraction of the batches mixed", min=0.0, max=1.0)
     batch_size: int = option(32, "global batch size (split over the replicas)", min=1)
     epochs: int = option(8, "validation rounds (epochs) to train, unless --max-steps", min=1)
     max_steps: int = option(0, "> 0: train this many steps in all instead of --epochs", min=0)

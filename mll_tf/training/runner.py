@@ -99,6 +99,7 @@ def _verbose(verbose):
 RESUMABLE_RUN_FIELDS = frozenset({
     "run_dir", "features_root", "data_root", "epochs", "max_steps", "eval_every", "learning_rate",
     "weight_decay", "lr_schedule", "lr_signal", "lr_decay", "lr_patience", "lr_floor_fraction",
+    "lr_warmup_fraction", "lr_div_factor", "lr_final_div_factor", "early_stopping_patience",
     "steps_per_execution", "jit_compile", "cpu_replicas", "monitor", "log_every", "backup_every"})
 
 
@@ -170,8 +171,13 @@ def _recreate_models(task, model, run_dir, state, backup_dir):
         save_keras_model(model, best)
         model.load_weights(state["weights"])
     if not keras_file_ok(last) and state.get("rounds_done"):
+        from mll_tf.training.recipe import swap_ema_weights
+
         print(f"--resume: {last} is missing or damaged; re-created from the backup at step {state['step']}")
+        swapped = swap_ema_weights(model.optimizer)   # last.keras holds the EMA weights (--ema-decay)
         save_keras_model(model, last)
+        if swapped:
+            swap_ema_weights(model.optimizer)
 
 
 def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_source=None):
@@ -212,7 +218,7 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
     """
     import keras
 
-    from mll_tf.optimizers import build_optimizer
+    from mll_tf.training import recipe
     from mll_tf.training import callbacks as cbs
     from mll_tf.training.atomic import write_json
     from mll_tf.training.distribute import make_strategy
@@ -232,6 +238,7 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
     if resume:
         check_resume(task, run_dir)
     task.check()
+    recipe.check_recipe(task)
     strategy = make_strategy(run.cpu_replicas)
     replicas = strategy.num_replicas_in_sync
     if task.max_replicas is not None and replicas > task.max_replicas:
@@ -270,7 +277,9 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
     keras.utils.set_random_seed(run.seed)
     with strategy.scope():
         model = task.build_model()
-        optimizer = build_optimizer(run.optimizer, run.learning_rate, run.weight_decay)
+        optimizer = recipe.build_run_optimizer(run, total_steps, task.optimizer_variables(model))
+        if run.sam_rho > 0:   # read by the model's train_step (recipe.sam_gradients)
+            model.sam_rho, model.sam_adaptive = float(run.sam_rho), bool(run.sam_adaptive)
         model.compile(optimizer=optimizer, loss=task.build_loss(),
                       steps_per_execution=run.steps_per_execution, jit_compile=run.jit_compile)
         optimizer.build(task.optimizer_variables(model))
@@ -287,6 +296,9 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
     adaptive = cbs.AdaptiveLearningRate(rule, monitor) if rule is not None else None
     if adaptive is not None:
         stateful["adaptive_lr"] = adaptive
+    early = recipe.EarlyStopping(monitor, run.early_stopping_patience) if run.early_stopping_patience else None
+    if early is not None:
+        stateful["early_stopping"] = early
     task_callbacks = task.callbacks(run_dir)
     for cb in task_callbacks:
         if hasattr(cb, "state_dict"):
@@ -304,8 +316,10 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
         print(f"resumed from {state['weights']} (step {start_step}, {backup.rounds_done} rounds done)")
         _recreate_models(task, model, run_dir, state, backup_dir)
     cbs.write_history(history_path, backup.history)
-    if start_step >= total_steps:
-        print(f"all {total_steps} steps already done in {run_dir}; nothing to train")
+    if start_step >= total_steps or recipe.early_stopped(state):
+        print(f"all {total_steps} steps already done in {run_dir}; nothing to train" if start_step >= total_steps
+              else f"the run in {run_dir} stopped early at step {start_step} (--early-stopping-patience); "
+                   f"nothing to train")
         metrics = {k: v for k, v in backup.history[-1].items() if k != "epoch"} if backup.history else {}
         if metrics:
             write_json(final_path, metrics)
@@ -314,17 +328,24 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
 
     tensorboard = cbs.TensorBoard(os.path.join(run_dir, "tb"), run.log_every, start_step)
     verbose = _verbose(verbose)
-    callbacks = [round_control, cbs.TerminateOnNaN(round_control), cbs.ValidationMetrics(task, monitor)]
+    ema = recipe.EMAValidation()   # validation and best/last checkpoints see the EMA weights (--ema-decay)
+    callbacks = [round_control, cbs.TerminateOnNaN(round_control), ema.swap_in,
+                 cbs.ValidationMetrics(task, monitor)]
     callbacks += task_callbacks
     if adaptive is not None:
         callbacks.append(adaptive)
-    callbacks += [best, cbs.LastModelCheckpoint(os.path.join(run_dir, "last.keras")),
-                  tensorboard, cbs.HistoryCSV(history_path)]
+    callbacks += [best, cbs.LastModelCheckpoint(os.path.join(run_dir, "last.keras"))]
+    if early is not None:
+        callbacks.append(early)
+    callbacks += [ema.swap_out, tensorboard, cbs.HistoryCSV(history_path)]
     if verbose == 0:
         callbacks.append(cbs.RoundLogger(num_rounds, best=best))
     callbacks.append(backup)
 
     dataset = task.train_dataset(run.batch_size, start_step=start_step)
+    if run.mixup > 0 or run.cutmix > 0:
+        dataset = recipe.mix_batches(dataset, "mixup" if run.mixup > 0 else "cutmix", run.mixup or run.cutmix,
+                                     seed=run.seed, start_step=start_step, probability=run.mix_probability)
     try:
         model.fit(dataset, epochs=num_rounds, steps_per_epoch=steps_per_round,
                   initial_epoch=start_step // steps_per_round, callbacks=callbacks, shuffle=False,

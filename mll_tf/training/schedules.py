@@ -4,6 +4,8 @@
   (copied as IMCL ``D_utility.LearningRate``), a host-side rule called once
   per evaluation with the monitored validation metric (docs/lesa.md §4,
   docs/imcl.md §5).
+* :class:`OneCycle`: the cosine one-cycle rate of DOR-ML (PyTorch
+  ``OneCycleLR``), ``--lr-schedule one_cycle``.
 * :class:`InverseSqrtDecay`: the IMCL OpenImages logistic baseline,
   ``lr0 / (sqrt(global_step) + 1)`` (docs/imcl.md §5), as a Keras
   ``LearningRateSchedule``.
@@ -13,6 +15,7 @@ import math
 import warnings
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -231,6 +234,90 @@ class InverseSqrtDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "name": self.name}
 
 
+@keras.saving.register_keras_serializable(package="mll_tf")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """Cosine one-cycle learning rate (Smith & Topin 2019), as PyTorch's ``OneCycleLR``.
+
+    Two cosine phases over ``total_steps`` optimizer steps (``anneal_strategy
+    ="cos"``, ``three_phase=False``): from ``initial = max_lr / div_factor``
+    up to ``max_lr`` at step ``e1 = warmup_fraction * total_steps - 1``, then
+    down to ``final = initial / final_div_factor`` at step ``total_steps - 1``::
+
+        cos_anneal(a, b, f) = b + (a - b) / 2 * (1 + cos(pi * f))
+        lr(t) = cos_anneal(initial, max_lr, t / e1)                         t <= e1
+        lr(t) = cos_anneal(max_lr, final, (t - e1) / (total_steps - 1 - e1)) t > e1
+
+    Steps past ``total_steps - 1`` keep ``final``; with ``e1 <= 0`` the run
+    starts at ``max_lr``. Step t is ``optimizer.iterations`` (0 at the first
+    update, like PyTorch's scheduler before its first ``step()``).
+
+    DOR-ML (``torchreid/optim/lr_scheduler.py``, ``onecycle``) calls
+    ``OneCycleLR(max_lr=lr, pct_start=0.2, div_factor=100,
+    final_div_factor=lr_decay_factor=1000)`` stepped every batch, over
+    ``max_epoch`` (60) epochs even when early stopping ends the run sooner:
+    it starts at lr/100 and ends at lr/1e5. PyTorch also cycles SGD's
+    momentum (0.95 -> 0.85 -> 0.95) by default; that is not ported (Keras'
+    SGD momentum is a constant).
+
+    Args:
+        max_lr: float > 0, the peak (``--learning-rate``).
+        total_steps: int >= 1.
+        warmup_fraction: float in [0, 1), ``pct_start``.
+        div_factor: float >= 1, ``max_lr / initial``.
+        final_div_factor: float >= 1, ``initial / final``.
+        name: optional str.
+
+    Returns (``__call__``): float32 scalar tensor.
+
+    Raises:
+        ValueError: for arguments outside these ranges.
+    """
+
+    def __init__(self, max_lr, total_steps, warmup_fraction=0.2, div_factor=100.0, final_div_factor=1000.0,
+                 name=None):
+        if not float(max_lr) > 0:
+            raise ValueError(f"OneCycle: max_lr must be > 0, got {max_lr}")
+        if int(total_steps) != total_steps or int(total_steps) < 1:
+            raise ValueError(f"OneCycle: total_steps must be an integer >= 1, got {total_steps}")
+        if not 0.0 <= float(warmup_fraction) < 1.0:
+            raise ValueError(f"OneCycle: warmup_fraction must be in [0, 1), got {warmup_fraction}")
+        if not (float(div_factor) >= 1.0 and float(final_div_factor) >= 1.0):
+            raise ValueError(f"OneCycle: div_factor and final_div_factor must be >= 1, got {div_factor}, "
+                             f"{final_div_factor}")
+        self.max_lr = float(max_lr)
+        self.total_steps = int(total_steps)
+        self.warmup_fraction = float(warmup_fraction)
+        self.div_factor = float(div_factor)
+        self.final_div_factor = float(final_div_factor)
+        self.name = name
+        self.initial_lr = self.max_lr / self.div_factor
+        self.final_lr = self.initial_lr / self.final_div_factor
+        self.peak_step = float(self.warmup_fraction * self.total_steps) - 1.0
+
+    def __call__(self, step):
+        return ops.cast(self._lr64(ops.cast(step, "float64")), "float32")
+
+    def _lr64(self, t):
+        # float64: near the end the rate is a small difference of float32-sized numbers
+        e1 = self.peak_step
+        end = float(self.total_steps - 1)
+
+        def anneal(a, b, f):
+            f = ops.clip(f, 0.0, 1.0)
+            return b + (a - b) / 2.0 * (1.0 + ops.cos(np.float64(math.pi) * f))
+
+        down = anneal(self.max_lr, self.final_lr, (t - e1) / max(end - e1, 1.0))
+        if e1 <= 0:
+            return down
+        up = anneal(self.initial_lr, self.max_lr, t / e1)
+        return ops.where(t <= e1, up, down)
+
+    def get_config(self):
+        return {"max_lr": self.max_lr, "total_steps": self.total_steps,
+                "warmup_fraction": self.warmup_fraction, "div_factor": self.div_factor,
+                "final_div_factor": self.final_div_factor, "name": self.name}
+
+
 def build_lr_schedule(run):
     """The per-round learning-rate rule of a run configuration.
 
@@ -246,9 +333,9 @@ def build_lr_schedule(run):
     Raises:
         ValueError: naming ``--lr-schedule`` for an unknown rule.
     """
-    if run.lr_schedule == "constant":
+    if run.lr_schedule in ("constant", "one_cycle"):   # one_cycle: a LearningRateSchedule of the optimizer
         return None
     if run.lr_schedule == "adaptive":
         return AdaptiveLearningRate(run.learning_rate, signal_strength=run.lr_signal, decay=run.lr_decay,
                                     patience=run.lr_patience, floor_fraction=run.lr_floor_fraction)
-    raise ValueError(f"--lr-schedule: unknown {run.lr_schedule!r} (constant, adaptive)")
+    raise ValueError(f"--lr-schedule: unknown {run.lr_schedule!r} (constant, adaptive, one_cycle)")
