@@ -171,7 +171,7 @@ class MLGCNHead(keras.Model):
         return cls(np.zeros((c, e), np.float32), np.eye(c, dtype=np.float32), **config)
 
 
-def _named_rows(value, what, width=None):
+def _named_rows(value, what, square=False):
     """(names or None, float32 array) from a (names, array|path) pair, a mapping or an .npz/.npy path."""
     if isinstance(value, Mapping):
         names = [str(n) for n in value.keys()]
@@ -190,11 +190,11 @@ def _named_rows(value, what, width=None):
             arr = np.load(arr, allow_pickle=False)
         arr = np.asarray(arr, np.float32)
         names = [str(n) for n in names]
-        if arr.ndim != 2 or arr.shape[0] != len(names) or (width == "square" and arr.shape[1] != arr.shape[0]):
+        if arr.ndim != 2 or arr.shape[0] != len(names) or (square and arr.shape[1] != arr.shape[0]):
             raise ValueError(f"{what}: {len(names)} names for an array of shape {arr.shape}")
         return names, arr
     raise TypeError(f"{what} must be a (names, array-or-.npy-path) pair, a name -> row mapping"
-                    f"{' or a save_graph .npz path' if width == 'square' else ''}; got {type(value).__name__}")
+                    f"{' or a save_graph .npz path' if square else ''}; got {type(value).__name__}")
 
 
 def _check_order(label_names, names, what, reorder):
@@ -279,7 +279,7 @@ def build_ml_gcn_head(label_names, embeddings, graph=None, train_labels=None, t=
             raise ValueError(f"train_labels must be [N, {len(label_names)}], got shape {y.shape}")
         adj = gcn_adjacency(y, t=t, rho=rho)
     else:
-        g_names, adj = _named_rows(graph, "label graph", width="square")
+        g_names, adj = _named_rows(graph, "label graph", square=True)
         order = _check_order(label_names, g_names, "label graph", reorder)
         if order is not None:
             adj = adj[np.ix_(order, order)]

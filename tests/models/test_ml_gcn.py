@@ -239,6 +239,8 @@ def test_builder_missing_extra_zero_rows_and_files(tmp_path):
         build_ml_gcn_head(NAMES, str(tmp_path / "emb.npy"), train_labels=LABELS)
     with pytest.raises(FileNotFoundError):
         build_ml_gcn_head(NAMES, (NAMES, str(tmp_path / "nope.npy")), train_labels=LABELS)
+    with pytest.raises(ValueError, match=r"label graph: 7 names for an array of shape \(7, 8\)"):
+        build_ml_gcn_head(NAMES, (NAMES, emb), graph=(NAMES, np.zeros((C, C + 1))))
     with pytest.raises(ValueError, match="graph or train_labels"):
         build_ml_gcn_head(NAMES, (NAMES, emb))
     with pytest.raises(ValueError, match="not unique"):
