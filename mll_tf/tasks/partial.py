@@ -296,12 +296,14 @@ class ASLTask(PartialLabelTask):
 @register_task("ignore")
 class IgnoreTask(PartialLabelTask):
     """Binary cross-entropy on the annotated entries only."""
+    supports_soft_targets = True   # --mixup/--cutmix: BCE takes targets in [0, 1]
     loss_defaults = dict(partial_mode="ignore", gamma_pos=0.0, gamma_neg=0.0, gamma_unann=0.0, loss_clip=0.0)
 
 
 @register_task("negative")
 class NegativeTask(PartialLabelTask):
     """Binary cross-entropy with un-annotated entries as negatives."""
+    supports_soft_targets = True
     loss_defaults = dict(partial_mode="negative", gamma_pos=0.0, gamma_neg=0.0, gamma_unann=0.0,
                          loss_clip=0.0)
 
@@ -313,5 +315,6 @@ class NegativeTask(PartialLabelTask):
 @register_task("logistic")
 class LogisticTask(PartialLabelTask):
     """IMCL's baseline: BCE on observed entries divided by their number."""
+    supports_soft_targets = True
     loss_defaults = dict(partial_mode="ignore", gamma_pos=0.0, gamma_neg=0.0, gamma_unann=0.0, loss_clip=0.0)
     normalizer = "observed"

@@ -175,6 +175,8 @@ class RunConfig:
     # --- optimisation
     optimizer: str = option("adam", "optimizer", choices=_optimizer_names)
     learning_rate: float = option(1e-4, "initial learning rate", min=0.0, min_exclusive=True)
+    sgd_nesterov: bool = option(True, "sgd: Nesterov momentum (--nosgd-nesterov: the classical momentum 0.9 "
+                                "of PyTorch's SGD, as DOR-ML)")
     weight_decay: float = option(0.0, "sgd, adamw: decoupled weight decay (w -= lr * wd * w; never on "
                                  "biases / norm parameters / other variables of <= 1 dimension)", min=0.0)
     lr_schedule: str = option("constant", "constant | adaptive (LESA/IMCL LearningRate.adapt: EMA of the "

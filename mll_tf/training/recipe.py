@@ -113,6 +113,7 @@ def decay_exclusions(variables):
 def build_run_optimizer(run, total_steps, variables):
     """The compiled optimizer of a run: ``--optimizer`` with the recipe's schedule, EMA and decay.
 
+    * ``sgd`` has momentum 0.9, Nesterov unless ``--nosgd-nesterov``;
     * the learning rate is ``--learning-rate``, or with ``--lr-schedule
       one_cycle`` a :class:`~mll_tf.training.schedules.OneCycle` over
       ``total_steps`` peaking at ``--learning-rate``;
@@ -141,9 +142,12 @@ def build_run_optimizer(run, total_steps, variables):
                       div_factor=run.lr_div_factor, final_div_factor=run.lr_final_div_factor)
     wd = run.weight_decay if run.optimizer in ("sgd", "adamw") else 0.0
     opt = build_optimizer(run.optimizer, lr, wd)
-    if run.ema_decay > 0 or (wd > 0 and run.optimizer == "sgd"):
+    plain_momentum = run.optimizer == "sgd" and not run.sgd_nesterov
+    if run.ema_decay > 0 or (wd > 0 and run.optimizer == "sgd") or plain_momentum:
         config = opt.get_config()
         config["learning_rate"] = lr
+        if plain_momentum:
+            config["nesterov"] = False
         if run.ema_decay > 0:
             config.update(use_ema=True, ema_momentum=float(run.ema_decay))
         if wd > 0:

@@ -239,6 +239,9 @@ def test_run_optimizer_one_cycle_ema_and_decay_exclusions():
     np.testing.assert_array_equal(bias.numpy(), 1.0)                      # not decayed
     np.testing.assert_array_equal(scale.numpy(), 1.0)
     assert [v.name for v in recipe.decay_exclusions([kernel, bias, scale])] == ["bias", "scale"]
+    plain = recipe.build_run_optimizer(RunConfig(optimizer="sgd", sgd_nesterov=False), 10, [kernel])
+    assert not plain.nesterov and plain.momentum == 0.9 and not plain.use_ema
+    assert float(plain.learning_rate) == pytest.approx(1e-4)
 
 
 # -------------------------------------------------------------------------------- early stopping
@@ -342,3 +345,27 @@ def test_cutmix_of_images_pastes_a_box_and_mixes_targets_by_area():
         if others:
             j = int(others.pop())
             assert ym[i, j] == pytest.approx(1 - kept, abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def test_recipe_flags_through_the_cli(toy_store, tmp_path, capsys):
+    from experiments import train
+
+    base = ["--dataset", "toy", "--backbone", "efficientnet_lite0", "--input-size", "8", "--features-root",
+            str(toy_store), "--batch-size", "16", "--epochs", "2", "--learning-rate", "0.05", "--no-progress"]
+    argv = ["--method", "ignore", "--run-dir", str(tmp_path / "run"), "--optimizer", "sgd", "--nosgd-nesterov",
+            "--weight-decay", "5e-4", "--sam-rho", "0.05", "--sam-adaptive", "--ema-decay", "0.9",
+            "--lr-schedule", "one_cycle", "--early-stopping-patience", "5", "--mixup", "0.4", *base]
+    assert train.main(argv) == 0
+    import yaml
+
+    saved = yaml.safe_load(open(tmp_path / "run" / "config.yaml"))
+    assert (saved["sam_rho"], saved["sam_adaptive"], saved["ema_decay"], saved["lr_schedule"], saved["mixup"],
+            saved["sgd_nesterov"]) == (0.05, True, 0.9, "one_cycle", 0.4, False)
+    rows = open(tmp_path / "run" / "history.csv").read().strip().splitlines()
+    assert len(rows) == 3
+    capsys.readouterr()
+    rc = train.main(["--method", "lesa", "--run-dir", str(tmp_path / "lesa"), "--sam-rho", "0.05", *base])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --sam-rho") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "lesa").exists()
