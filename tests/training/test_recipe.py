@@ -152,6 +152,9 @@ def test_validation_and_checkpoints_use_the_ema_weights(toy_store, tmp_path):
     saved = keras.models.load_model(os.path.join(str(tmp_path / "ignore"), "last.keras"), compile=False)
     for a, v in zip([keras.ops.convert_to_numpy(v) for v in saved.trainable_variables], rec.validated[-1]):
         np.testing.assert_array_equal(a, v)
+    best = keras.models.load_model(os.path.join(str(tmp_path / "ignore"), "best.keras"), compile=False)
+    best_w = [keras.ops.convert_to_numpy(v) for v in best.trainable_variables]
+    assert any(all(np.array_equal(a, v) for a, v in zip(best_w, val)) for val in rec.validated)
 
 
 class Interrupt(Exception):
