@@ -12,6 +12,9 @@ logistic  :class:`mll_tf.tasks.partial.LogisticTask` (IMCL's baseline)
 imcl      :class:`mll_tf.tasks.imcl.IMCLTask`
 ========  ==============================================================
 
+``ml_decoder``, ``ml_gcn`` and ``linear_head``: :mod:`mll_tf.tasks.ml_heads`
+(attention heads with the AAM or ASL loss).
+
 Build a task from a configuration with :func:`build_task`, or reload a
 trained run's with :func:`load_task`; train with ``task.fit()``.
 """
@@ -23,6 +26,7 @@ from mll_tf.tasks.base import TASKS, Task, TaskConfig, register_task
 from mll_tf.tasks import lesa  # noqa: F401
 from mll_tf.tasks import partial  # noqa: F401
 from mll_tf.tasks import imcl  # noqa: F401
+from mll_tf.tasks import ml_heads  # noqa: F401
 
 __all__ = ["TASKS", "Task", "TaskConfig", "build_task", "get_task", "load_task", "register_task",
            "task_names"]
