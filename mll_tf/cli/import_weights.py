@@ -1,0 +1,89 @@
+"""Import the original implementation's released weights into a run (``python evaluation/import_weights.py``).
+
+    python evaluation/import_weights.py --config lesa_nus_wide --run-dir runs/lesa_release \\
+        --features-root features --checkpoint cvpr20_LESA/results/release_zs_NUS_WIDE_.../model.ckpt
+
+``--source lesa_tf1``: LESA's TF1 checkpoint (hbdat/cvpr20_LESA), read with
+``tf.train.load_checkpoint`` and mapped by variable name onto the LESA model
+that the run options describe (every option of ``experiments/train.py`` is
+accepted: dataset, features, ``--num-heads``, ``--conv-channels``, ...):
+``conv/conv/weights``, the ``conv/conv/batch_normalization`` variables,
+``attention_layer/w_att_1``, ``w_att_2`` and ``prediction_frac/W`` (see
+:mod:`mll_tf.export.import_weights`). Optimizer slots and training counters
+are skipped; any missing, unknown or mis-shaped variable is refused by name
+and nothing is written. The result is a run directory like a trained one
+(``config.yaml``, ``label_split.json``, ``label_embeddings.npz``,
+``best.keras`` = ``last.keras``, plus ``imported_weights.json``), so
+``evaluate.py``, ``infer.py`` and ``export.py`` work on it.
+"""
+
+import json
+import os
+import sys
+
+from mll_tf.cli._flags import UsageError, cli_main, import_tensorflow_quietly
+
+__all__ = ["main"]
+
+PROG = "evaluation/import_weights.py"
+SOURCES = ("lesa_tf1",)
+
+
+def build_flags():
+    from mll_tf.cli import train as train_cli
+
+    fs = train_cli.build_flags()
+    fs.prog, fs.description = PROG, __doc__.strip()
+    fs.section("import")
+    fs.define("checkpoint", None, "the released checkpoint (TF1 prefix, e.g. .../model.ckpt)")
+    fs.define("source", "lesa_tf1", "what the checkpoint is", choices=SOURCES)
+    return fs
+
+
+def _run(argv):
+    import_tensorflow_quietly()
+    from mll_tf.cli import train as train_cli
+
+    fs = build_flags()
+    if fs.parse(argv) is None:
+        return 0
+    if not fs.checkpoint:
+        raise UsageError("--checkpoint is required")
+    task, source = train_cli.resolve_task(fs)
+    if task.name != "lesa":
+        raise UsageError(f"--source {fs.source} imports into --method lesa runs, not {task.name}")
+    run = task.run
+    run.run_dir = run.run_dir or run.default_run_dir()
+    run_dir = run.run_dir
+    if any(os.path.exists(os.path.join(run_dir, f)) for f in ("best.keras", "last.keras")) and not fs.overwrite:
+        raise UsageError(f"--run-dir: {run_dir} already holds a model; pass --overwrite or another --run-dir")
+    from mll_tf.export.import_weights import import_lesa_tf1, read_tf1_checkpoint
+    from mll_tf.training.atomic import save_keras_model, write_json
+    from mll_tf.training.runner import _save_config
+
+    task.check()
+    ckpt = read_tf1_checkpoint(fs.checkpoint)
+    task.prepare(run_dir)
+    model = task.build_model()
+    report = import_lesa_tf1(model, ckpt)   # raises before anything is written
+    os.makedirs(run_dir, exist_ok=True)
+    task.save_run_files(run_dir)
+    _save_config(task, run_dir)
+    for name in ("best.keras", "last.keras"):
+        save_keras_model(model, os.path.join(run_dir, name))
+    write_json(os.path.join(run_dir, "imported_weights.json"),
+               {"source": fs.source, "checkpoint": os.path.abspath(fs.checkpoint), **report})
+    print(f"imported {len(report['imported'])} variables from {fs.checkpoint} "
+          f"({len(report['skipped'])} training-state variables skipped) -> {run_dir}/best.keras; "
+          f"evaluate with: python evaluation/evaluate.py --run {run_dir}")
+    print(json.dumps(report["imported"]))
+    return 0
+
+
+def main(argv=None):
+    """Entry point; returns the exit code (0, or 2 with one ``error:`` line for bad input)."""
+    return cli_main(_run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
