@@ -1,5 +1,9 @@
 """The original implementations' released weights, mapped by name onto our models.
 
+* LESA's TF1 checkpoint: :func:`lesa_from_tf1_checkpoint`, :func:`import_lesa_tf1`.
+* IMCL's fixed-feature models (``np.savez`` files, which is how
+  hbdat/cvpr20_IMCL saves them, not TF checkpoints): :func:`import_imcl_npz`.
+
 LESA (Huynh & Elhamifar, CVPR 2020; hbdat/cvpr20_LESA, released as a TF1
 ``model.ckpt`` of ``zeroshot_experiments/NUS_WIDE_zs_rank_Visual_Word_Attention.py``).
 The graph of ``core/model_share_attention.py::AttentionClassifier.build_model_rank(is_conv=True)``
@@ -33,8 +37,8 @@ import re
 
 import numpy as np
 
-__all__ = ["LESA_TF1_NAMES", "WeightImportError", "import_lesa_tf1", "lesa_from_tf1_checkpoint",
-           "read_tf1_checkpoint"]
+__all__ = ["IMCL_NPZ_ARRAYS", "LESA_TF1_NAMES", "WeightImportError", "import_imcl_npz", "import_lesa_tf1",
+           "lesa_from_tf1_checkpoint", "read_tf1_checkpoint"]
 
 #: our LESA weight (attribute path) -> the reference's TF1 variable name
 LESA_TF1_NAMES = {
@@ -169,3 +173,108 @@ def import_lesa_tf1(model, checkpoint):
     for var, value in plan:
         var.assign(value)
     return {"imported": mapping, "skipped": skipped}
+
+
+#: IMCL (hbdat/cvpr20_IMCL ``OpenImages_experiments/interactive_learning_OpenImages.py``) saves its
+#: fixed-feature models with ``np.savez(".../models_ES" or "models_final", Thetas_1=, Thetas_f=, Gs=)``:
+#: one slice per experiment along the last axis.
+IMCL_NPZ_ARRAYS = {"Thetas_1": "[D+1, D, n_experiments]", "Thetas_f": "[D+1, C, n_experiments]",
+                   "Gs": "[C, C, n_experiments]"}
+
+
+def import_imcl_npz(model, path, experiment=0):
+    """Assign IMCL's released fixed-feature model (``models_ES.npz`` / ``models_final.npz``) to our IMCL model.
+
+    The reference computes ``F_f = [F, 1] Theta_1`` and logits
+    ``[F_f, 1] Theta_f``, and propagates with the dense ``G = scatter(G_var)``
+    (``interactive_learning_OpenImages.py``). Our
+    :class:`mll_tf.models.imcl.IMCLModel` holds the same maps as
+    ``theta_1`` (Dense: kernel = ``Theta_1[:D]``, bias = ``Theta_1[D]``),
+    ``classifier`` (kernel = ``Theta_f[:D]``, bias = ``Theta_f[D]``) and the
+    learnable entries of ``label_dependency`` (``values = G[indices]``).
+
+    Args:
+        model: a built IMCLModel (``feature_map=True`` when the file has
+            ``Thetas_1``) whose sizes match.
+        path: the ``.npz`` file.
+        experiment: int, the slice of the last axis (the reference loops over
+            its alpha settings; one experiment gives slice 0).
+
+    Returns:
+        dict ``{"imported": {our weight: array name}, "experiment": int}``.
+
+    Raises:
+        WeightImportError: missing / unknown arrays, a mis-shaped array, an
+            experiment index out of range, or a G with non-zero entries
+            outside the model's learnable pattern (all named); nothing is
+            assigned then.
+        FileNotFoundError: no such file.
+    """
+    import os
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--checkpoint: no file {path}")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: np.asarray(data[k]) for k in data.files}
+    known = set(IMCL_NPZ_ARRAYS)
+    need = {"Thetas_f"} | ({"Thetas_1"} if model.theta_1 is not None else set())
+    missing = sorted(need - set(arrays))
+    extra = sorted(set(arrays) - known)
+    if missing or extra:
+        raise WeightImportError("not an IMCL models_*.npz file"
+                                + (f"; missing: {', '.join(missing)}" if missing else "")
+                                + (f"; unknown arrays: {', '.join(extra)}" if extra else ""))
+    if model.theta_1 is None and "Thetas_1" in arrays:
+        raise WeightImportError("the file has Thetas_1 (the Theta_1 feature map) but the model has none "
+                                "(build it with feature_map=True)")
+    plan, bad = [], []
+
+    def take(name):
+        a = arrays[name]
+        if a.ndim != 3:
+            bad.append(f"{name} has shape {list(a.shape)}, expected {IMCL_NPZ_ARRAYS[name]}")
+            return None
+        if not 0 <= experiment < a.shape[2]:
+            bad.append(f"{name}: experiment {experiment} outside [0, {a.shape[2]})")
+            return None
+        return a[:, :, experiment].astype(np.float32)
+
+    def dense(layer, theta, name):
+        if theta is None:
+            return
+        k, b = layer.kernel, layer.bias
+        if theta.shape != (k.shape[0] + 1, k.shape[1]):
+            bad.append(f"{name} [{theta.shape[0]}, {theta.shape[1]}] -> {layer.name} kernel {list(k.shape)} "
+                       f"+ bias {list(b.shape)}")
+            return
+        plan.extend([(k, theta[:-1]), (b, theta[-1])])
+
+    imported = {}
+    if model.theta_1 is not None:
+        dense(model.theta_1, take("Thetas_1"), "Thetas_1")
+        imported["theta_1"] = "Thetas_1"
+    dense(model.classifier, take("Thetas_f"), "Thetas_f")
+    imported["classifier"] = "Thetas_f"
+    if "Gs" in arrays:
+        g = take("Gs")
+        dep = model.label_dependency
+        if g is not None:
+            if g.shape != (dep.num_labels, dep.num_labels):
+                bad.append(f"Gs [{g.shape[0]}, {g.shape[1]}] -> label_dependency [{dep.num_labels}, "
+                           f"{dep.num_labels}]")
+            else:
+                idx = dep.indices.numpy()
+                outside = g.copy()
+                outside[idx[:, 0], idx[:, 1]] = 0
+                if np.count_nonzero(outside):
+                    r, c = np.argwhere(outside)[0]
+                    bad.append(f"Gs has {np.count_nonzero(outside)} non-zero entries outside the model's "
+                               f"learnable pattern (first at [{r}, {c}])")
+                else:
+                    plan.append((dep.values, g[idx[:, 0], idx[:, 1]]))
+                    imported["label_dependency.values"] = "Gs"
+    if bad:
+        raise WeightImportError("IMCL file does not fit the model: " + "; ".join(bad))
+    for var, value in plan:
+        var.assign(value)
+    return {"imported": imported, "experiment": int(experiment)}

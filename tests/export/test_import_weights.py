@@ -138,3 +138,42 @@ def test_cli_imports_into_a_run_that_evaluates(toy_store, tmp_path, capsys):
     assert import_weights.main(args + ["--run-dir", str(tmp_path / "other"), "--checkpoint", bad]) == 2
     assert "prediction_frac/W [6, 300] -> W [6, 50]" in capsys.readouterr().err
     assert not (tmp_path / "other" / "best.keras").exists()
+
+
+def test_imcl_npz_imported_matches_numpy(tmp_path):
+    """IMCL's models_*.npz (Thetas_1, Thetas_f, Gs; one slice per experiment) -> our IMCLModel."""
+    from mll_tf.export.import_weights import import_imcl_npz
+    from mll_tf.models.imcl import IMCLModel
+
+    rng = np.random.default_rng(4)
+    d, c = 5, 4
+    graph = np.array([[1, 1, 0, 0], [0, 1, 0, 1], [1, 0, 1, 0], [0, 0, 0, 1]], np.float32)
+    model = IMCLModel(c, graph=graph, feature_map=True, preprocess_graph=False)
+    model(np.zeros((1, d), np.float32))
+    t1 = rng.normal(size=(d + 1, d, 2))
+    tf_ = rng.normal(size=(d + 1, c, 2))
+    gs = rng.uniform(0.1, 0.9, size=(c, c, 2)) * graph[:, :, None]
+    np.savez(tmp_path / "models_ES.npz", Thetas_1=t1, Thetas_f=tf_, Gs=gs)
+    report = import_imcl_npz(model, str(tmp_path / "models_ES.npz"), experiment=1)
+    assert report["imported"] == {"theta_1": "Thetas_1", "classifier": "Thetas_f",
+                                  "label_dependency.values": "Gs"}
+    f = rng.normal(size=(3, d))
+    pad = lambda a: np.concatenate([a, np.ones((len(a), 1))], 1)  # noqa: E731  (the reference's padding_one)
+    expected = pad(pad(f) @ t1[:, :, 1]) @ tf_[:, :, 1]
+    np.testing.assert_allclose(model(f.astype(np.float32)).numpy(), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model.label_dependency.dense().numpy(), gs[:, :, 1], rtol=1e-6)
+    # refusals, by name; nothing assigned
+    before = [v.numpy().copy() for v in model.weights]
+    np.savez(tmp_path / "bad_g.npz", Thetas_1=t1, Thetas_f=tf_, Gs=np.ones((c, c, 2)))
+    with pytest.raises(WeightImportError, match=r"outside the model's learnable pattern \(first at \[0, 2\]\)"):
+        import_imcl_npz(model, str(tmp_path / "bad_g.npz"))
+    np.savez(tmp_path / "bad_shape.npz", Thetas_1=t1, Thetas_f=rng.normal(size=(d + 1, c + 1, 1)))
+    with pytest.raises(WeightImportError, match=r"Thetas_f \[6, 5\] -> theta kernel \[5, 4\]"):
+        import_imcl_npz(model, str(tmp_path / "bad_shape.npz"))
+    np.savez(tmp_path / "extra.npz", Thetas_1=t1, Thetas_f=tf_, Thetas_2=t1)
+    with pytest.raises(WeightImportError, match="unknown arrays: Thetas_2"):
+        import_imcl_npz(model, str(tmp_path / "extra.npz"))
+    with pytest.raises(WeightImportError, match="experiment 2 outside"):
+        import_imcl_npz(model, str(tmp_path / "models_ES.npz"), experiment=2)
+    for a, b in zip(before, model.weights):
+        np.testing.assert_array_equal(a, b.numpy())
