@@ -16,6 +16,18 @@ extraction is writing.
 checks the store instead: every shard read to its end (CRCs), its record count
 and each record's feature size and shape against the manifest; one line per
 bad shard, exit code 2 if any.
+
+Sharded over N machines or processes (each a deterministic 1/N of the images,
+by a hash of the image id, into ``<split>/part-0000I-of-0000N/``; any worker may
+be killed and re-run, it resumes), then merged once all are done:
+
+    python extract/build_tfrecords.py --dataset openclipart --num-workers 2 --worker-index 0
+    python extract/build_tfrecords.py --dataset openclipart --num-workers 2 --worker-index 1
+    python extract/build_tfrecords.py --dataset openclipart --num-workers 2 --finalize
+
+(``--num-workers``/``--worker-index`` also come from the ``TF_CONFIG`` environment
+variable: chief and worker tasks.) ``--out-dir`` may be any ``tf.io.gfile`` path
+(``gs://...``).
 """
 
 import functools
@@ -53,6 +65,12 @@ def build_flags():
     fs.define("limit", None, "use only the first N images of each split (smoke tests)", kind="int", min=1)
     fs.define("overwrite", False, "discard an existing store for these splits")
     fs.define("progress", True, "a progress bar (--noprogress: none)")
+    fs.define("num_workers", None, "sharded extraction: how many workers share each split (default: from "
+              "TF_CONFIG if set, else 1); worker I writes <split>/part-0000I-of-0000N/", kind="int", min=1)
+    fs.define("worker_index", None, "sharded extraction: this worker's index in [0, --num-workers) (default: "
+              "from TF_CONFIG)", kind="int", min=0)
+    fs.define("finalize", False, "sharded extraction: once every worker is done, merge their manifests into "
+              "each split's manifest.json, checking that every image was written exactly once")
     fs.define("verify", False, "check the store selected by --out-dir/--dataset/--backbone/--input-size "
               "(and --splits) instead of extracting: CRCs, record counts, feature sizes and shapes; exit 2 "
               "if a shard is bad")
@@ -111,11 +129,13 @@ def verify(root, splits=None):
     """
     from mll_tf.data.feature_store import MANIFEST_NAME, read_manifest, verify_store
 
-    if not os.path.isdir(root):
+    from mll_tf.data import fs as gfs
+
+    if not gfs.isdir(root):
         raise FileNotFoundError(f"--verify: feature store {root} does not exist (check --out-dir, "
                                 f"--dataset, --backbone and --input-size)")
     if splits is None:
-        splits = sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, MANIFEST_NAME)))
+        splits = sorted(d for d in gfs.listdir(root) if gfs.isfile(gfs.join(root, d, MANIFEST_NAME)))
         if not splits:
             raise FileNotFoundError(f"--verify: {root} holds no split with a {MANIFEST_NAME}")
     total_bad, total_shards = 0, 0
@@ -143,6 +163,7 @@ def _run(argv):
     args = build_flags()
     if args.parse(argv) is None:
         return 0
+    cluster = _cluster(args)
     if args.verify:
         return verify(store_dir(args.out_dir, args.dataset, args.backbone, args.input_size),
                       args.splits.split(",") if args.splits else None)
@@ -167,6 +188,8 @@ def _run(argv):
             raise UsageError(f"--splits: {args.dataset} has no split {s!r} (has {sorted(prepared.splits)})")
 
     root = store_dir(args.out_dir, args.dataset, args.backbone, args.input_size)
+    if args.finalize:
+        return _finalize(args, prepared, splits, root, cluster)
     weights = None if args.weights.lower() == "none" else args.weights
     try:
         backbone = build_backbone(args.backbone, weights=weights, input_size=args.input_size)
@@ -194,11 +217,18 @@ def _run(argv):
             compression_level=args.compression_level,
             extra=dict(prepared.extra, resize_shorter=backbone.resize_shorter or args.input_size),
             adapter_options=adapter_options, records_sha256=sha, records_count=count)
+    from mll_tf.data import fs as gfs
+    from mll_tf.data.sharding import part_dir, records_of_worker, worker_of
+
+    def target_dir(split):  # the split, or this worker's part of it
+        split_dir = gfs.join(root, split)
+        return part_dir(split_dir, cluster[1], cluster[0]) if cluster else split_dir
+
     if not args.overwrite:
         # Refuse a mismatched store before writing any split.
         for split in splits:
-            split_dir = os.path.join(root, split)
-            if os.path.isfile(os.path.join(split_dir, MANIFEST_NAME)):
+            split_dir = target_dir(split)
+            if gfs.isfile(gfs.join(split_dir, MANIFEST_NAME)):
                 check_identity(split_dir, Manifest.load(split_dir), manifests[split],
                                prepared.splits[split], advice=advice)
     if prepared.extra.get("attribute_groups"):
@@ -207,8 +237,12 @@ def _run(argv):
         records = prepared.splits[split]
         if args.limit:
             records = records[:args.limit]
+        adapter_skipped = prepared.skipped.get(split, [])
+        if cluster:
+            records = records_of_worker(records, *cluster)
+            adapter_skipped = [it for it in adapter_skipped if worker_of(it["image_id"], cluster[0]) == cluster[1]]
         manifest = manifests[split]
-        split_dir = os.path.join(root, split)
+        split_dir = target_dir(split)
         try:
             writer = FeatureStoreWriter(split_dir, manifest, max_shard_bytes=int(args.max_shard_mb * 2**20),
                                         compression_level=args.compression_level, overwrite=args.overwrite,
@@ -216,7 +250,7 @@ def _run(argv):
         except StoreMismatchError as e:  # changed since the check above
             raise UsageError(f"cannot resume feature store {e.split_dir!r}: {e.detail}. {advice}") from None
         with writer:
-            for item in prepared.skipped.get(split, []):
+            for item in adapter_skipped:
                 if item["image_id"] not in writer.done_ids:
                     writer.skip(item["image_id"], item["reason"])
             stats = extract_records(records, load_image, args.input_size, feature_fn, writer,
@@ -232,6 +266,63 @@ def _run(argv):
             print(f"    skipped {_printable(item['image_id'])}: {_printable(item['reason'])}")
         if len(final.skipped) > 5:
             print(f"    ... {len(final.skipped) - 5} more in {split_dir}/manifest.json")
+        if cluster:
+            print(f"[{split}] worker {cluster[1]} of {cluster[0]} done; once every worker is, merge with "
+                  f"--finalize --num-workers {cluster[0]}")
+    return 0
+
+
+def _cluster(args):
+    """``(num_workers, worker_index)`` of a sharded extraction, or None for one process.
+
+    From ``--num-workers``/``--worker-index``, else from ``TF_CONFIG``; ``--finalize``
+    needs only the number of workers (its index is None).
+    """
+    from mll_tf.data.sharding import ShardingError, cluster_from_tf_config
+
+    if args.num_workers is None and args.worker_index is not None:
+        raise UsageError("--worker-index needs --num-workers")
+    if args.num_workers is not None:
+        n, i = args.num_workers, args.worker_index
+        if i is None and not args.finalize and n > 1:
+            raise UsageError(f"--num-workers {n} needs --worker-index (0 to {n - 1}) or --finalize")
+        if i is not None and i >= n:
+            raise UsageError(f"--worker-index {i} must be below --num-workers {n}")
+    else:
+        try:
+            found = cluster_from_tf_config()
+        except ShardingError as e:
+            raise UsageError(str(e)) from None
+        if found is None:
+            if args.finalize:
+                raise UsageError("--finalize needs --num-workers (or TF_CONFIG): how many workers extracted")
+            return None
+        n, i = found
+    if n == 1 and not args.finalize:
+        return None  # one worker: the ordinary single-process layout
+    return n, (None if args.finalize else (i or 0))
+
+
+def _finalize(args, prepared, splits, root, cluster):
+    """``--finalize``: merge each split's per-worker manifests (no backbone needed)."""
+    from mll_tf.data import fs as gfs
+    from mll_tf.data.feature_store import records_digest
+    from mll_tf.data.sharding import ShardingError, finalize_split
+
+    n = cluster[0]
+    for split in splits:
+        records = prepared.splits[split]
+        sha, _ = records_digest(records)
+        if args.limit:
+            records = records[:args.limit]
+        ids = [r.image_id for r in records] + [it["image_id"] for it in prepared.skipped.get(split, [])]
+        split_dir = gfs.join(root, split)
+        try:
+            merged = finalize_split(split_dir, ids, n, records_sha256=sha)
+        except ShardingError as e:
+            raise UsageError(f"--finalize: {e}") from None
+        print(f"[{split}] merged {n} workers: {merged.num_examples} examples in {len(merged.shards)} shards, "
+              f"{len(merged.skipped)} skipped, each of the {len(ids)} images exactly once -> {split_dir}")
     return 0
 
 
