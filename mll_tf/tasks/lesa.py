@@ -515,6 +515,16 @@ class LESATask(Task):
                 gammas[f"lesa+{corr}"] = cal["gamma"][corr]
                 results[f"lesa+{corr}+cal"] = zsl_gzsl_report(
                     calibrated_stacking(corrected, u, gammas[f"lesa+{corr}"]), labels, u, ks)[0]
+        selected = None
+        if cal is not None:  # the correction the validation pseudo-unseen labels prefer (ties: none)
+            def crit(c):
+                v = cal["val"][c]
+                return float(np.mean([v[key] for key in v if key.startswith("holdout_gzsl_cal_F1@")]))
+
+            best = max(cal["val"], key=crit)
+            selected = {"correction": best, "row": "lesa+cal" if best == "none" else f"lesa+{best}+cal",
+                        "criterion": "validation mean GZSL F1@K after calibration, pseudo-unseen labels",
+                        "values": {c: crit(c) for c in cal["val"]}}
         if baselines:
             from mll_tf.models.baselines import LinearEmbeddingBaseline, random_scores
 
@@ -548,7 +558,8 @@ class LESATask(Task):
         model_path = os.path.join(run_dir, f"{which}.keras")
         record = {"run": run_dir, "model": model_path, "split": split, "k": list(ks), "num_unseen": u,
                   "num_seen": len(lsplit.seen), "holdout": list(lsplit.holdout), "gamma": gammas,
-                  "hubness_correction": corr, "hubness": hub, "results": results}
+                  "hubness_correction": corr, "hubness": hub, "selected_on_validation": selected,
+                  "results": results}
         with open(os.path.join(out, "summary.json"), "w") as f:
             json.dump(record, f, indent=2)
         names = lsplit.gzsl_names()
@@ -569,6 +580,12 @@ class LESATask(Task):
             for name, h in hub.items():
                 sk = "  ".join(f"{key} {h[key]:7.3f}" for key in h if key.startswith("skew@"))
                 lines.append(f"  {name:<24}{sk}  top1_share {h['top1_share']:.3f} ({h['top1_label']})")
+        if selected is not None:
+            shown = ("" if selected["row"] in results else
+                     f" (not shown: pass --hubness-correction {selected['correction']})")
+            lines.append(f"\nselected on validation (pseudo-unseen labels, mean GZSL F1@K after calibration): "
+                         f"[{selected['row']}]{shown}; " +
+                         ", ".join(f"{c} {v:.4f}" for c, v in selected["values"].items()))
         if cal is None and u:
             lines.append("\n(no calibrated LESA rows: the run has no pseudo-unseen labels to choose gamma "
                          "on; train with --selection zsl_holdout)")

@@ -52,6 +52,10 @@ def test_holdout_run_masks_labels_selects_on_them_and_calibrates(toy_store, tmp_
     assert r["lesa+cal"]["gzsl"]["mAP"] == pytest.approx(r["lesa"]["gzsl"]["mAP"])
     assert r["lesa+zscore"]["zsl"]["mAP"] == pytest.approx(r["lesa"]["zsl"]["mAP"])
     assert "skew@1" in rec["hubness"]["lesa"] and "hubness of the unseen labels" in text
+    sel = rec["selected_on_validation"]
+    crit = {c: (v["holdout_gzsl_cal_F1@1"] + v["holdout_gzsl_cal_F1@2"]) / 2 for c, v in cal["val"].items()}
+    assert sel["correction"] == max(crit, key=crit.get)
+    assert "selected on validation" in text
 
 
 def test_seen_selection_is_unchanged(toy_store, tmp_path):
