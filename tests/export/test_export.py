@@ -134,3 +134,34 @@ def test_export_cli_runs_and_infer_reads_the_export(clip, tmp_path, capsys):
     capsys.readouterr()
     assert export.main(["--run", str(run), "--format", "savedmodel", "--out", str(out)]) == 2
     assert "already holds an export" in capsys.readouterr().err
+
+
+def test_aam_ml_decoder_exports_probabilities_not_cosines(clip, tmp_path):
+    """An ML-Decoder run trained with --loss aam exports sigmoid(s * cos), the model's own output scale."""
+    from evaluation import export
+    from experiments import train
+    from mll_tf.export.runtimes import load_exported
+    from mll_tf.tasks import load_task
+
+    run = tmp_path / "mld"
+    assert train.main(["--method", "ml_decoder", "--loss", "aam", "--dataset", "openclipart", "--features-root",
+                       str(clip / "features"), "--input-size", "64", "--run-dir", str(run), "--epochs", "1",
+                       "--batch-size", "8", "--decoder-dim", "16", "--decoder-heads", "2", "--decoder-ffn", "32",
+                       "--num-queries", "4", "--no-progress"]) == 0
+    assert export.main(["--run", str(run), "--format", "savedmodel", "--out", str(tmp_path / "sm")]) == 0
+    m = load_exported(str(tmp_path / "sm"))
+    task = load_task(str(run))
+    model = task.load_model(str(run))
+    im = task.inference_model(str(run))
+    from skimage import data
+    x = data.chelsea()[None]
+    got = m.run(x)["probabilities"]
+    import tensorflow as tf
+
+    from mll_tf.export.inference import crop_and_resize
+    feats = tf.reshape(im.pipeline.backbone(crop_and_resize(x, 64)), [1, -1, 1280])
+    feats = tf.cast(tf.cast(feats, im.pipeline.feature_dtype), tf.float32)   # the store's dtype round trip
+    s_cos = model(feats, training=False).numpy()
+    s = task.scale()
+    assert s > 1 and np.abs(s_cos).max() <= s + 1e-4        # the model emits s * cos
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-s_cos)), atol=1e-4)
