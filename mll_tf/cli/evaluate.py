@@ -20,6 +20,11 @@ what is measured; every value is a fraction in [0, 1]:
   without a known positive and negative dropped and counted),
   CP/CR/CF1/OP/OR/OF1 at ``--threshold`` (default: the run's) and, for
   attribute tables, per-attribute accuracy over known labels.
+  ``--tune-thresholds`` picks, per class, the threshold maximising that
+  class's F1 on the VALIDATION split, writes ``<run>/thresholds.json``
+  (keyed by class name; read by ``infer.py`` / ``export.py``) and prints
+  CP..OF1 at 0.5 and at the tuned thresholds side by side (attribute
+  tables: arg-max per attribute, ``#N/A`` below the winner's threshold).
 
 Writes ``<out>/summary.json`` and ``<out>/per_class.csv`` (default
 ``<run>/eval_<split>``) and prints a table.
