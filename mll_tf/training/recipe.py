@@ -428,6 +428,8 @@ def mix_batches(dataset, mode, alpha, seed=0, start_step=0, probability=1.0):
 
     def mix(step, xy):
         x, y = xy
+        if not x.dtype.is_floating:      # uint8 images: mix in float32
+            x = tf.cast(x, tf.float32)
         key = tf.stack([tf.cast(seed, tf.int64), step])
         key = tf.cast(key % (2 ** 31 - 1), tf.int32)
         k_perm, k_lam, k_use = tf.unstack(tf.random.experimental.stateless_split(key, 3))

@@ -284,7 +284,7 @@ def test_early_stopping_ends_the_run_and_resume_trains_nothing(toy_store, tmp_pa
     ("lesa", dict(sam_rho=0.05), "--sam-rho"),
     ("imcl", dict(ema_decay=0.99), "--ema-decay"),
     ("ignore", dict(sam_adaptive=True), "--sam-adaptive"),
-    ("ignore", dict(mixup=0.2), "--mixup"),
+    ("csl", dict(mixup=0.2), "--mixup"),
     ("ignore", dict(weight_decay=1e-4, optimizer="adam"), "--weight-decay"),
 ])
 def test_refused_flags_name_the_flag(toy_store, tmp_path, method, over, flag):
