@@ -27,6 +27,7 @@ from mll_tf.tasks import lesa  # noqa: F401
 from mll_tf.tasks import partial  # noqa: F401
 from mll_tf.tasks import imcl  # noqa: F401
 from mll_tf.tasks import ml_heads  # noqa: F401
+from mll_tf.tasks import oass  # noqa: F401  (cam, puzzle_cam, oass)
 
 __all__ = ["TASKS", "Task", "TaskConfig", "build_task", "get_task", "load_task", "register_task",
            "task_names"]
