@@ -11,6 +11,11 @@ A *feature store* is one directory per (dataset, backbone, split), e.g.
   in record order (kept out of the manifest so it stays small);
 * ``writer.lock`` while a writer is open (pid and host of its process).
 
+``split_dir`` may be any ``tf.io.gfile`` path (``gs://``, ``hdfs://``, ``ram://``,
+...): every file access goes through :mod:`mll_tf.data.fs` (local paths behave
+as with ``os``); see there for what differs on object stores (no atomic
+create for the lock, renames that are copies).
+
 Writing (:class:`FeatureStoreWriter`) is streaming and crash-safe: a shard is
 written as ``*.tfrecord.tmp``, its ids sidecar is written, then the shard is
 renamed and the manifest re-saved atomically. Re-opening the directory resumes:
@@ -42,7 +47,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from mll_tf.data import schema
+from mll_tf.data import fs, schema
 
 MANIFEST_NAME = "manifest.json"
 #: Graph-level seed of the per-pass shuffles (any fixed non-zero value).
@@ -263,14 +268,13 @@ class Manifest:
                 does not describe a Manifest.
         """
         path = os.path.join(os.fspath(split_dir), MANIFEST_NAME)
-        if not os.path.isdir(split_dir):
+        if not fs.isdir(split_dir):
             raise FileNotFoundError(f"feature store directory {os.fspath(split_dir)!r} "
                                     f"does not exist")
-        if not os.path.isfile(path):
+        if not fs.isfile(path):
             raise FileNotFoundError(f"feature store manifest {path!r} does not exist")
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
+            data = json.loads(fs.read_text(path))
             if not isinstance(data, dict):
                 raise TypeError("top-level JSON value is not an object")
             return cls.from_dict(data)
@@ -278,24 +282,18 @@ class Manifest:
             raise ValueError(f"feature store manifest {path!r} is corrupt: {e}") from e
 
     def save(self, split_dir):
-        """Atomically write ``<split_dir>/manifest.json`` (temp file + ``os.replace``).
+        """Atomically write ``<split_dir>/manifest.json`` (temp file + rename, :func:`mll_tf.data.fs.rename`).
 
         Sets ``created`` (first save) and ``updated``.
         """
         split_dir = os.fspath(split_dir)
-        os.makedirs(split_dir, exist_ok=True)
+        fs.makedirs(split_dir)
         now = _now()
         if not self.created:
             self.created = now
         self.updated = now
         path = os.path.join(split_dir, MANIFEST_NAME)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=1, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        fs.write_text_atomic(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n")
 
 
 def read_manifest(split_dir):
@@ -308,8 +306,7 @@ def _ids_path(shard_path):
 
 
 def _read_ids(path):
-    with open(path, encoding="utf-8") as f:
-        return f.read().splitlines()
+    return fs.read_text(path).splitlines()
 
 
 def _count_records(path, compression):
@@ -320,8 +317,7 @@ def _count_records(path, compression):
 
 
 def _fsync_path(path):
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+    fs.fsync_path(path)
 
 
 _RESUME_ADVICE = "Use a new directory or overwrite=True to start again."
@@ -336,7 +332,7 @@ def _stored_ids(split_dir, manifest):
     ids = []
     for shard in manifest.shards:
         path = _ids_path(os.path.join(split_dir, shard["file"]))
-        if os.path.isfile(path):
+        if fs.isfile(path):
             ids += _read_ids(path)
     return ids
 
@@ -358,7 +354,7 @@ def _describe_record_changes(split_dir, stored, records):
             if scanned >= _DIFF_SCAN_LIMIT:
                 break
             path = os.path.join(split_dir, shard["file"])
-            if not os.path.isfile(path):
+            if not fs.isfile(path):
                 continue
             ds = tf.data.TFRecordDataset(path, compression_type=stored.compression or None)
             for batch in ds.batch(1024).map(lambda s_: tf.io.parse_example(s_, spec)):
@@ -463,8 +459,7 @@ def _pid_running(pid):
 def _read_lock(path):
     """(raw text, dict or None) of a lock file; (None, None) if there is none."""
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = f.read()
+        raw = fs.read_text(path)
     except FileNotFoundError:
         return None, None
     try:
@@ -503,11 +498,18 @@ def acquire_lock(split_dir):
     token = uuid.uuid4().hex
     content = json.dumps({"pid": os.getpid(), "host": host, "token": token, "created": _now()})
     for _ in range(10):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            pass
+        if not fs.is_local(path):
+            # No atomic create-if-absent through tf.io.gfile: check, then write (see mll_tf.data.fs).
+            if not fs.exists(path):
+                with fs.open_file(path, "w") as f:
+                    f.write(content + "\n")
+                return token
         else:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                fd = None
+        if fs.is_local(path) and fd is not None:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(content + "\n")
                 f.flush()
@@ -517,7 +519,7 @@ def acquire_lock(split_dir):
         deadline = time.monotonic() + _LOCK_FILL_SECONDS
         while raw is not None and holder is None and time.monotonic() < deadline:
             try:  # an empty lock: its creator may be writing it right now
-                if time.time() - os.path.getmtime(path) > _LOCK_FILL_SECONDS:
+                if time.time() - fs.getmtime(path) > _LOCK_FILL_SECONDS:
                     break
             except FileNotFoundError:
                 break
@@ -548,7 +550,7 @@ def acquire_lock(split_dir):
         warnings.warn(f"feature store {split_dir!r}: taking over the stale writer lock {path}: "
                       f"{why}")
         try:
-            os.remove(path)
+            fs.remove(path)
         except FileNotFoundError:
             pass
     raise StoreLockedError(split_dir, {}, f"feature store {split_dir!r}: could not take the "
@@ -561,7 +563,7 @@ def release_lock(split_dir, token):
     _, holder = _read_lock(path)
     if holder is not None and holder.get("token") == token:
         try:
-            os.remove(path)
+            fs.remove(path)
         except FileNotFoundError:
             pass
 
@@ -655,7 +657,7 @@ class FeatureStoreWriter:
         self._closed = True  # until the lock is held
         self._writer = None
         self._lock_token = None
-        os.makedirs(self.split_dir, exist_ok=True)
+        fs.makedirs(self.split_dir)
         self._lock_token = acquire_lock(self.split_dir)
         try:
             self._open(manifest, overwrite, records)
@@ -672,7 +674,7 @@ class FeatureStoreWriter:
         if overwrite:
             self._wipe()
         manifest_path = os.path.join(self.split_dir, MANIFEST_NAME)
-        if os.path.exists(manifest_path):
+        if fs.exists(manifest_path):
             manifest = self._resume(Manifest.load(self.split_dir), manifest, records)
         else:
             leftovers = self._store_files()
@@ -700,7 +702,7 @@ class FeatureStoreWriter:
         ``tmp``: None for all, True for ``*.tmp`` ones only, False for final ones.
         """
         out = []
-        for name in sorted(os.listdir(self.split_dir)):
+        for name in sorted(fs.listdir(self.split_dir)):
             m = _STORE_FILE_RE.match(name)
             if m and (tmp is None or bool(m.group("tmp")) == tmp):
                 out.append(os.path.join(self.split_dir, name))
@@ -708,10 +710,10 @@ class FeatureStoreWriter:
 
     def _wipe(self):
         for path in self._store_files():
-            os.remove(path)
+            fs.remove(path)
         for name in (MANIFEST_NAME, MANIFEST_NAME + ".tmp"):
-            if os.path.exists(os.path.join(self.split_dir, name)):
-                os.remove(os.path.join(self.split_dir, name))
+            if fs.exists(os.path.join(self.split_dir, name)):
+                fs.remove(os.path.join(self.split_dir, name))
 
     def _delete_strays(self, keep):
         """Delete temp files, and shards/sidecars not in ``keep`` (basenames)."""
@@ -719,7 +721,7 @@ class FeatureStoreWriter:
             name = os.path.basename(path)
             base = name[:-len(".ids.txt")] + ".tfrecord" if name.endswith(".ids.txt") else name
             if name.endswith(".tmp") or base not in keep:
-                os.remove(path)
+                fs.remove(path)
 
     def _resume(self, old, new, records=None):
         for note in check_identity(self.split_dir, old, new, records):
@@ -730,18 +732,18 @@ class FeatureStoreWriter:
         if new.records_count is None:
             new.records_count = old.records_count
         for path in self._store_files(tmp=True):
-            os.remove(path)
+            fs.remove(path)
         done = set()
         shards = []
         for shard in old.shards:
             path = os.path.join(self.split_dir, shard["file"])
             ids_file = _ids_path(path)
-            if not os.path.isfile(path) or not os.path.isfile(ids_file):
+            if not fs.isfile(path) or not fs.isfile(ids_file):
                 warnings.warn(f"feature store {self.split_dir!r}: shard {shard['file']} listed "
                               f"in the manifest is missing (or its ids file is); its "
                               f"{shard['num_examples']} images will be extracted again")
                 continue
-            size = os.path.getsize(path)
+            size = fs.getsize(path)
             if size != shard["num_bytes"]:
                 raise ValueError(
                     f"feature store {self.split_dir!r}: shard {shard['file']} has {size} bytes, "
@@ -764,7 +766,7 @@ class FeatureStoreWriter:
                 continue
             ids_file = _ids_path(path)
             adopt = False
-            if os.path.isfile(ids_file):
+            if fs.isfile(ids_file):
                 ids = _read_ids(ids_file)
                 try:
                     n = _count_records(path, old.compression)
@@ -775,7 +777,7 @@ class FeatureStoreWriter:
             if adopt:
                 done.update(ids)
                 shards.append({"file": name, "num_examples": len(ids),
-                               "num_bytes": os.path.getsize(path)})
+                               "num_bytes": fs.getsize(path)})
                 listed.add(name)
         self._delete_strays(keep=listed)
         shards.sort(key=lambda s: s["file"])
@@ -817,13 +819,9 @@ class FeatureStoreWriter:
         _fsync_path(self._tmp_path)
         final = os.path.join(self.split_dir, self._shard_name)
         ids_file = _ids_path(final)
-        with open(ids_file + ".tmp", "w", encoding="utf-8") as f:
-            f.write("".join(i + "\n" for i in self._shard_ids))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(ids_file + ".tmp", ids_file)
-        os.replace(self._tmp_path, final)
-        size = os.path.getsize(final)
+        fs.write_text_atomic(ids_file, "".join(i + "\n" for i in self._shard_ids))
+        fs.rename(self._tmp_path, final)
+        size = fs.getsize(final)
         if size > self.max_shard_bytes and len(self._shard_ids) > 1:
             warnings.warn(f"shard {final} has {size} bytes, above max_shard_bytes="
                           f"{self.max_shard_bytes}")
@@ -839,8 +837,8 @@ class FeatureStoreWriter:
             writer.close()
         except Exception:  # noqa: BLE001 - best effort, the original error wins
             pass
-        if os.path.exists(self._tmp_path):
-            os.remove(self._tmp_path)
+        if fs.exists(self._tmp_path):
+            fs.remove(self._tmp_path)
 
     def _check_open(self):
         if self._closed:
@@ -889,7 +887,10 @@ class FeatureStoreWriter:
         self._raw_total += size
         self._raw_pending += size
         if self.manifest.compression:
-            disk = os.path.getsize(self._tmp_path)
+            try:
+                disk = fs.getsize(self._tmp_path)
+            except FileNotFoundError:  # object stores show a file only once it is closed
+                disk = self._disk
             if disk != self._disk:
                 self._disk, self._raw_pending = disk, 0
         else:
@@ -971,7 +972,9 @@ class FeatureStoreWriter:
 
 def verify_command(split_dir, manifest):
     """The ``extract/build_tfrecords.py --verify`` command line that checks ``split_dir``."""
-    split_dir = os.path.abspath(os.fspath(split_dir))
+    split_dir = os.fspath(split_dir)
+    if fs.is_local(split_dir):
+        split_dir = os.path.abspath(split_dir)
     size = manifest.input_size[0] if manifest.input_size else "?"
     model_dir = os.path.dirname(split_dir)
     if os.path.basename(model_dir) == f"{manifest.backbone}_{size}":
@@ -1070,7 +1073,7 @@ def make_dataset(split_dir, batch_size, *, shuffle=False, shuffle_buffer=4096, s
     spec = manifest.feature_spec()
     files = [os.path.join(split_dir, s["file"]) for s in manifest.shards]
     for path in files:
-        if not os.path.isfile(path):
+        if not fs.isfile(path):
             raise FileNotFoundError(f"feature store shard {path!r} listed in "
                                     f"{os.path.join(split_dir, MANIFEST_NAME)!r} is missing")
     compression = manifest.compression or None
@@ -1175,10 +1178,10 @@ def _short(e, limit=160):
 def _verify_shard(split_dir, manifest, spec, shard):
     """The problems of one listed shard (list of str, empty if it is good)."""
     path = os.path.join(split_dir, shard["file"])
-    if not os.path.isfile(path):
+    if not fs.isfile(path):
         return ["missing (listed in the manifest)"]
     problems = []
-    size = os.path.getsize(path)
+    size = fs.getsize(path)
     if size != shard.get("num_bytes", size):
         problems.append(f"{size} bytes on disk, the manifest says {shard['num_bytes']}")
     rows, chans = spec.feature_shape
@@ -1247,7 +1250,7 @@ def _verify_shard(split_dir, manifest, spec, shard):
     if bad_records:
         problems.append(f"{bad_records} bad record(s), first {first_bad}")
     ids_file = _ids_path(path)
-    if not os.path.isfile(ids_file):
+    if not fs.isfile(ids_file):
         problems.append(f"its ids file {os.path.basename(ids_file)} is missing")
     else:
         listed = _read_ids(ids_file)

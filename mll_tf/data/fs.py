@@ -142,7 +142,12 @@ def getmtime(path):
     path = os.fspath(path)
     if is_local(path):
         return os.path.getmtime(path)
-    return _gfile().stat(path).mtime_nsec / 1e9
+    import tensorflow as tf
+
+    try:
+        return tf.io.gfile.stat(path).mtime_nsec / 1e9
+    except tf.errors.NotFoundError:
+        raise FileNotFoundError(path) from None
 
 
 def open_file(path, mode="r"):
