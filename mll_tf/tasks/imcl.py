@@ -778,6 +778,8 @@ class IMCLTask(MultiLabelTask):
 
     Config = IMCLConfig
     mixed_precision_on_gpu = False
+    #: the run optimizer's recipe options (EMA, one-cycle, SGD decay) are refused (mll_tf.training.recipe)
+    own_optimizers = "IMCL updates its label graph G (and, fine-tuned, the backbone) with optimizers of its own"
     resumable_fields = ("threshold", "imcl_dict_refresh_steps", "imcl_refresh")
 
     def check(self):

@@ -51,8 +51,6 @@ __all__ = ["EMAValidation", "EarlyStopping", "build_run_optimizer", "check_recip
 
 #: methods that train some variables with optimizers of their own (the compiled optimizer's EMA,
 #: learning-rate schedule and weight decay would reach only part of the model)
-_OWN_OPTIMIZERS = {"imcl": "IMCL updates its label graph G (and, fine-tuned, the backbone) with optimizers "
-                           "of its own"}
 
 
 # ----------------------------------------------------------------------------------------- checks
@@ -62,7 +60,9 @@ def check_recipe(task):
     Args:
         task: a :class:`mll_tf.tasks.base.Task`; reads ``task.run`` and the
             class attributes ``supports_sam`` and ``supports_soft_targets``
-            (default False).
+            (default False) and ``own_optimizers`` (a str saying why the run
+            optimizer's EMA, one-cycle rate and SGD weight decay do not
+            apply; default "": they do).
 
     Raises:
         ValueError: one line naming the flag and the method.
@@ -75,7 +75,7 @@ def check_recipe(task):
                          f"drop --sam-rho)")
     if run.sam_adaptive and run.sam_rho <= 0:
         raise ValueError("--sam-adaptive: needs --sam-rho > 0 (e.g. --sam-rho 0.05)")
-    own = _OWN_OPTIMIZERS.get(name)
+    own = getattr(task, "own_optimizers", "")
     if own:
         for flag, on in (("--ema-decay", run.ema_decay > 0), ("--lr-schedule one_cycle",
                                                               run.lr_schedule == "one_cycle"),
