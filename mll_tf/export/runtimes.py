@@ -62,20 +62,8 @@ class ExportedModel:
                 import tensorflow as tf
                 Interpreter = tf.lite.Interpreter
             interp = Interpreter(model_path=path)
-            self._interp = interp
-
-            def run(x):
-                inp = interp.get_input_details()[0]
-                if list(inp["shape"]) != list(x.shape):
-                    interp.resize_tensor_input(inp["index"], list(x.shape))
-                    interp.allocate_tensors()
-                elif not getattr(self, "_allocated", False):
-                    interp.allocate_tensors()
-                self._allocated = True
-                interp.set_tensor(interp.get_input_details()[0]["index"], x)
-                interp.invoke()
-                return {d["name"]: interp.get_tensor(d["index"]) for d in interp.get_output_details()}
-            self._run = run
+            runner = interp.get_signature_runner("serving_default")   # named outputs, any batch / H / W
+            self._run = lambda x: dict(runner(images=x))
         elif fmt == "openvino":
             import openvino as ov
 
