@@ -19,6 +19,7 @@ from mll_tf.data.datasets import openimages_v6  # noqa: F401
 from mll_tf.data.datasets import openimages_v3  # noqa: F401
 from mll_tf.data.datasets import cub  # noqa: F401
 from mll_tf.data.datasets import fashion_mnist_scatter  # noqa: F401
+from mll_tf.data.datasets import voc  # noqa: F401
 
 __all__ = ["DATASETS", "dataset_names", "get_dataset", "register_dataset"]
 
