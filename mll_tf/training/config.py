@@ -223,6 +223,10 @@ class RunConfig:
     seed: int = option(0, "seed of weight initialisation, shuffling and label simulation", min=0)
     cpu_replicas: int = option(1, "without GPUs: split the CPU into this many MirroredStrategy replicas",
                                min=1)
+    distribution: str = option("auto", "mirrored: this machine (GPUs or --cpu-replicas); multi_worker: "
+                               "MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (run the same command "
+                               "with --resume on every worker; docs/scaling.md); auto: multi_worker when "
+                               "TF_CONFIG names several workers", choices=("auto", "mirrored", "multi_worker"))
     jit_compile: bool = option(False, "compile the training step with XLA")
     # --- validation and bookkeeping
     monitor: str = option("", "validation metric that selects best.keras and drives --lr-schedule "
