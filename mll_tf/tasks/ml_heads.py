@@ -362,6 +362,9 @@ class MLGCNTask(MLHeadTask):
                 raise ValueError(f"--label-embeddings: expected 'glove' or a .npy file, got {e!r}")
             if not os.path.isfile(e):
                 raise ValueError(f"--label-embeddings: no file {e}")
+            if not self.run.finetune:  # the label count is known: check the file before anything is written
+                self.label_names = list(self.read_manifest("train").label_names)
+                self.label_embedding_rows()
         if self.config.graph and not os.path.isfile(self.config.graph):
             raise ValueError(f"--graph: no file {self.config.graph}")
 
