@@ -76,5 +76,11 @@ partial-labels: extract-fmnist
 imcl-table: extract-fmnist extract
 	$(PY) benchmarks/imcl_vs_logistic.py --features-root $(FEATURES)
 
+# heads {linear, ML-GCN, ML-Decoder} x losses {ASL, AAM}, 3 seeds, on the stored fashion_mnist_grid and
+# clip-art features (docs/ml_heads.md); prints mean (min-max) test mAP / CF1 / OF1
+.PHONY: ml-heads-table
+ml-heads-table: extract-fmnist extract
+	$(PY) benchmarks/ml_heads_table.py --features-root $(FEATURES) --seeds 0,1,2 --out runs/ml_heads_table
+
 clean:
 	rm -rf $(RUN) $(FEATURES)
