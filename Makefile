@@ -76,6 +76,14 @@ partial-labels: extract-fmnist
 imcl-table: extract-fmnist extract
 	$(PY) benchmarks/imcl_vs_logistic.py --features-root $(FEATURES)
 
+# README table: plain CAM classifier / Puzzle-CAM / OASS (Max, cMax, cTopk, cTopk-w) fine-tuning EfficientNet-Lite0
+# on scattered Fashion-MNIST, test mAP and keypoint localisation accuracy (issue 12)
+OASS_SEEDS ?= 0 1 2
+OASS_EPOCHS ?= 2
+.PHONY: oass-table
+oass-table: install
+	$(PY) benchmarks/oass_table.py --seeds $(OASS_SEEDS) --epochs $(OASS_EPOCHS)
+
 # heads {linear, ML-GCN, ML-Decoder} x losses {ASL, AAM}, 3 seeds, on the stored fashion_mnist_grid and
 # clip-art features (docs/ml_heads.md); prints mean (min-max) test mAP / CF1 / OF1
 .PHONY: ml-heads-table
