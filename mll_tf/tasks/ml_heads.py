@@ -122,7 +122,8 @@ class MLGCNConfig(MLHeadConfig):
     allow_missing_embeddings: bool = option(False, "glove: keep labels without a word vector (zero node "
                                             "features) instead of refusing them")
     graph: str = option("", "adjacency: '' -> co-occurrence of the TRAINING labels; or a label-graph .npz "
-                        "(tools/label_graph.py, rows matched by name)")
+                        "(P(j|i) from experiments/build_label_graph.py --kind cooccurrence --conditional; "
+                        "rows matched by name)")
     graph_threshold: float = option(0.4, "binarise P(j|i) at this threshold t", min=0.0, max=1.0)
     graph_rho: float = option(0.25, "re-weighting rho of the neighbours", min=0.0, max=1.0)
     gcn_hidden: int = option(0, "width of the first GCN layer (0: the feature dimension D)", min=0)
@@ -407,4 +408,5 @@ class MLGCNTask(MLHeadTask):
             names, (names, self.label_embedding_rows()),
             graph=c.graph or None, train_labels=None if c.graph else self.train_labels,
             t=c.graph_threshold, rho=c.graph_rho, hidden_dim=c.gcn_hidden or None, cosine=self.cosine,
-            dropout=c.dropout, allow_missing_embeddings=c.allow_missing_embeddings, name="head")
+            dropout=c.dropout, allow_missing_embeddings=c.allow_missing_embeddings,
+            reorder=bool(c.graph), name="head")  # a saved graph's rows are matched by name

@@ -97,6 +97,23 @@ def test_ml_gcn_uses_training_labels_and_glove_rows_in_label_order(toy_store, tm
     np.testing.assert_allclose(model.head.label_embeddings.numpy(), want, rtol=1e-6)
 
 
+def test_ml_gcn_saved_graph_is_matched_by_name(toy_store, tmp_path):
+    from mll_tf.graphs import label_graph
+    from mll_tf.models.ml_gcn import gcn_adjacency
+    from mll_tf.tasks.multilabel import read_ids_and_labels
+
+    _, full = read_ids_and_labels(str(toy_store / "toy" / "efficientnet_lite0_8" / "train"))
+    p = label_graph.conditional_probability(label_graph.cooccurrence_graph(full))
+    rev = p[::-1, ::-1]  # the saved file lists the labels in reverse order
+    label_graph.save_graph(str(tmp_path / "g.npz"), rev, list(reversed(NAMES)))
+    task = _task(toy_store, tmp_path, "ml_gcn", "aam", graph=str(tmp_path / "g.npz"), graph_threshold=0.15)
+    task.check()
+    task.prepare(task.run.run_dir)
+    adj = task.build_model().head.adjacency.numpy()
+    np.testing.assert_allclose(adj, gcn_adjacency(full, 0.15, 0.25), rtol=1e-6)
+    assert not np.allclose(adj, np.eye(len(NAMES)))
+
+
 def test_ml_gcn_npy_embeddings_and_their_errors(toy_store, tmp_path):
     emb = np.arange(len(NAMES) * 3, dtype=np.float32).reshape(len(NAMES), 3) + 1
     path = tmp_path / "emb.npy"
