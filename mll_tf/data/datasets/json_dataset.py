@@ -18,6 +18,14 @@ other label is 0, and an image without labels is all-negative. Unlike
 DOR-ML, which silently drops a label that is not a class, that is an error
 here, and all split files must have the same class set.
 
+The original's committed and documented splits read as they are (checked on
+fixtures in each layout, ``tests/data/test_json_dataset.py``): VOC-07
+(``data/000005.jpg``, one label per object, 20 classes), NUS-WIDE
+(``images/<id>_m.jpg``, the 81 concepts in the file's own unsorted order,
+images without labels), VG-500 (integer classes 0..499 and integer labels)
+and COCO-14 (category names with spaces). Those splits ship ``train.json``
+and ``val.json`` only.
+
 Paths are confined to ``root``: an absolute path, or one whose
 ``os.path.realpath`` (symlinks resolved) is outside ``root``, is an error.
 Each path is normalised relative to ``root`` (``os.path.normpath`` of
