@@ -216,10 +216,11 @@ class Task:
         Raises:
             MissingFeaturesError: naming the folder and the extraction command.
         """
+        from mll_tf.data import fs
         from mll_tf.data.feature_store import MissingFeaturesError, read_manifest
 
         path = self.features_dir(split)
-        if not os.path.exists(os.path.join(path, "manifest.json")):
+        if not fs.exists(fs.join(path, "manifest.json")):
             cmd, note = extract_command(self.run)
             raise MissingFeaturesError(f"no {split!r} features at {path}; make them with:\n    {cmd}{note}")
         return read_manifest(path)
@@ -296,8 +297,10 @@ class Task:
 
         import mll_tf.tasks  # noqa: F401  (registers the training models for deserialisation)
 
+        from mll_tf.data import fs
+
         path = os.path.join(run_dir, f"{which}.keras")
-        if not os.path.isfile(path):
+        if not fs.isfile(path):
             raise FileNotFoundError(f"no saved model {path} (--model {which})")
         return keras.models.load_model(path, compile=False)
 

@@ -4,6 +4,12 @@ Every file a run writes goes to a temporary name in the same folder and is
 renamed over the final name when complete (``os.replace`` is atomic on POSIX
 file systems), so a process killed while writing leaves the previous version
 intact.
+
+A run directory may be any ``tf.io.gfile`` path (``gs://``, ``hdfs://``,
+``ram://``): there the file is written to a local temporary file (Keras'
+``model.save`` and HDF5 want one), copied next to the final name and renamed
+over it (:func:`mll_tf.data.fs.rename`; a copy on object stores, which only
+show complete objects).
 """
 
 import contextlib
@@ -11,7 +17,7 @@ import json
 import os
 import zipfile
 
-__all__ = ["atomic_path", "write_json", "write_text", "save_keras_model", "keras_file_ok"]
+__all__ = ["atomic_path", "write_json", "write_text", "save_keras_model", "keras_file_ok", "load_weights"]
 
 
 @contextlib.contextmanager
@@ -25,10 +31,27 @@ def atomic_path(path, suffix=""):
 
     The temporary file is removed if the block raises.
     """
+    from mll_tf.data import fs
+
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
+    fs.makedirs(folder)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}{suffix}")
+    if not fs.is_local(path):
+        import shutil
+        import tempfile
+
+        local_dir = tempfile.mkdtemp(prefix="mll_tf-")
+        local = os.path.join(local_dir, f"{os.path.basename(path)}{suffix}")
+        try:
+            yield local
+            fs.copy(local, tmp)
+            fs.rename(tmp, path)
+        finally:
+            shutil.rmtree(local_dir, ignore_errors=True)
+            if fs.exists(tmp):
+                fs.remove(tmp, missing_ok=True)
+        return
     try:
         yield tmp
         os.replace(tmp, path)
@@ -59,8 +82,33 @@ def save_keras_model(model, path):
 
 def keras_file_ok(path):
     """True if ``path`` is a complete ``.keras`` archive (exists, a zip whose members' CRCs check)."""
+    from mll_tf.data import fs
+
     try:
-        with zipfile.ZipFile(path) as z:
+        with fs.open_file(path, "rb") as f, zipfile.ZipFile(f) as z:
             return z.testzip() is None and "config.json" in z.namelist()
     except (OSError, zipfile.BadZipFile):
         return False
+
+
+def load_weights(model, path):
+    """``model.load_weights(path)`` for a ``.weights.h5`` file on any ``tf.io.gfile`` file system.
+
+    A non-local file is first copied to a local temporary file (HDF5 reads local files).
+    """
+    from mll_tf.data import fs
+
+    path = os.fspath(path)
+    if fs.is_local(path):
+        model.load_weights(path)
+        return
+    import shutil
+    import tempfile
+
+    local_dir = tempfile.mkdtemp(prefix="mll_tf-")
+    try:
+        local = os.path.join(local_dir, os.path.basename(path))
+        fs.copy(path, local)
+        model.load_weights(local)
+    finally:
+        shutil.rmtree(local_dir, ignore_errors=True)

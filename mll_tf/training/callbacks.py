@@ -28,7 +28,6 @@ Every callback with state to keep across an interruption has
 those states with the model and optimizer variables.
 """
 
-import glob
 import json
 import math
 import os
@@ -350,13 +349,35 @@ class HistoryCSV(keras.callbacks.CSVLogger):
     backup, and a resumed run rewrites the file from them
     (:func:`write_history`), so a row lost or cut short by a kill comes back
     and a round repeated after a kill appears once.
+
+    On a non-local run directory (``gs://...``: no appending to objects)
+    the file is rewritten atomically after every round from ``rows`` (the
+    rounds before this ``fit``) and the rounds of this ``fit``.
     """
 
-    def __init__(self, filename):
+    def __init__(self, filename, rows=None):
+        from mll_tf.data import fs
+
         super().__init__(filename, append=True)
+        self._remote = not fs.is_local(filename)
+        self._rows = list(rows or [])
+
+    def on_train_begin(self, logs=None):
+        if not self._remote:
+            super().on_train_begin(logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch + 1, logs)
+        if not self._remote:
+            super().on_epoch_end(epoch + 1, logs)
+            return
+        row = {"epoch": epoch + 1}
+        row.update({k: float(v) if isinstance(v, (int, float, np.number)) else v for k, v in (logs or {}).items()})
+        self._rows = [r for r in self._rows if r.get("epoch") != epoch + 1] + [row]
+        write_history(self.filename, self._rows)
+
+    def on_train_end(self, logs=None):
+        if not self._remote:
+            super().on_train_end(logs)
 
 
 def write_history(path, rows):
@@ -466,10 +487,13 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     # -- restoring (called by the runner before fit) --------------------------------------
     @staticmethod
     def _steps(backup_dir):
+        from mll_tf.data import fs
+
         found = []
-        for path in glob.glob(os.path.join(backup_dir, "step-*.json")):
-            m = re.fullmatch(r"step-(\d+)\.json", os.path.basename(path))
-            if m and os.path.exists(os.path.join(backup_dir, f"step-{m.group(1)}.weights.h5")):
+        names = set(fs.listdir(backup_dir)) if fs.isdir(backup_dir) else set()
+        for name in names:
+            m = re.fullmatch(r"step-(\d+)\.json", name)
+            if m and f"step-{m.group(1)}.weights.h5" in names:
                 found.append(int(m.group(1)))
         return sorted(found)
 
@@ -479,8 +503,9 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         steps = cls._steps(backup_dir)
         if not steps:
             return None
-        with open(os.path.join(backup_dir, f"step-{steps[-1]}.json")) as f:
-            state = json.load(f)
+        from mll_tf.data import fs
+
+        state = json.loads(fs.read_text(os.path.join(backup_dir, f"step-{steps[-1]}.json")))
         state["weights"] = os.path.join(backup_dir, f"step-{steps[-1]}.weights.h5")
         return state
 
@@ -488,7 +513,9 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         """Load the model/optimizer variables and callback states of ``state`` (from :meth:`read_state`)."""
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        model.load_weights(state["weights"])
+        from mll_tf.training.atomic import load_weights
+
+        load_weights(model, state["weights"])
         for name, cb in self.stateful.items():
             if name in state.get("callbacks", {}):
                 cb.load_state_dict(state["callbacks"][name])
@@ -531,30 +558,26 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             self._save_model()
 
     def _save_model(self, round_end=False):
-        os.makedirs(self.backup_dir, exist_ok=True)
+        from mll_tf.data import fs
+        from mll_tf.training.atomic import atomic_path, write_text
+
+        fs.makedirs(self.backup_dir)
         step = self.round_control.step if self.round_control is not None else \
             int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         weights = os.path.join(self.backup_dir, f"step-{step}.weights.h5")
         meta = os.path.join(self.backup_dir, f"step-{step}.json")
-        self.model.save_weights(weights + ".tmp.weights.h5", overwrite=True)
-        os.replace(weights + ".tmp.weights.h5", weights)
+        with atomic_path(weights, suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp, overwrite=True)
         state = {"step": step, "rounds_done": self.rounds_done,
                  "callbacks": {n: cb.state_dict() for n, cb in self.stateful.items()},
                  "history": self.history}
         if not round_end:  # the round's running means, restored when the resumed round begins
             state["metrics"] = {m.name: [keras.ops.convert_to_numpy(v).tolist() for v in m.variables]
                                 for m in self.model.metrics}
-        with open(meta + ".tmp", "w") as f:
-            json.dump(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(meta + ".tmp", meta)
+        write_text(meta, json.dumps(state))
         for old in self._steps(self.backup_dir)[:-2]:
             for ext in (".weights.h5", ".json"):
-                try:
-                    os.remove(os.path.join(self.backup_dir, f"step-{old}{ext}"))
-                except FileNotFoundError:
-                    pass
+                fs.remove(os.path.join(self.backup_dir, f"step-{old}{ext}"), missing_ok=True)
 
     def on_train_end(self, logs=None):
         pass  # keep the backup: a finished run resumed with more rounds continues from it
