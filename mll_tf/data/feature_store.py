@@ -33,6 +33,7 @@ error naming the store and the shard or image. :func:`verify_store` checks a
 whole split.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -40,6 +41,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 import uuid
 import warnings
@@ -985,6 +987,33 @@ def verify_command(split_dir, manifest):
     return "extract/build_tfrecords.py --verify"
 
 
+_INPUT_SHARD = threading.local()
+
+
+@contextlib.contextmanager
+def input_shard(num_shards, index):
+    """Within the block, :func:`make_dataset` (this thread) reads only shard files ``files[index::num_shards]``.
+
+    How a worker of a multi-worker job reads its part of a split
+    (:func:`mll_tf.training.distribute.distribute_input`): whole files, in
+    the manifest's order, ``index`` of every ``num_shards``; the other
+    workers read the others. ``start_example`` and the passes then count
+    this worker's records only.
+
+    Args:
+        num_shards: int >= 1, input pipelines (workers).
+        index: int in ``[0, num_shards)``, this pipeline.
+    """
+    if not 0 <= int(index) < int(num_shards):
+        raise ValueError(f"input_shard: index {index} not in [0, {num_shards})")
+    previous = getattr(_INPUT_SHARD, "value", None)
+    _INPUT_SHARD.value = (int(num_shards), int(index))
+    try:
+        yield
+    finally:
+        _INPUT_SHARD.value = previous
+
+
 def make_dataset(split_dir, batch_size, *, shuffle=False, shuffle_buffer=4096, seed=None,
                  cache=False, repeat=False, drop_remainder=False, as_dict=False,
                  require_complete=True, start_example=0, check_finite=True):
@@ -1071,7 +1100,17 @@ def make_dataset(split_dir, batch_size, *, shuffle=False, shuffle_buffer=4096, s
             f"Re-running the extraction command resumes it; pass require_complete=False to "
             f"read the complete shards anyway.")
     spec = manifest.feature_spec()
-    files = [os.path.join(split_dir, s["file"]) for s in manifest.shards]
+    shards = manifest.shards
+    sharding = getattr(_INPUT_SHARD, "value", None)
+    if sharding is not None and sharding[0] > 1:
+        workers, index = sharding
+        if len(shards) < workers:
+            raise ValueError(
+                f"feature store {split_dir!r} has {len(shards)} shard file(s), fewer than the {workers} "
+                f"workers reading it (each worker reads whole files); re-extract it with a smaller "
+                f"--max-shard-mb so that every worker gets several shards")
+        shards = shards[index::workers]
+    files = [os.path.join(split_dir, s["file"]) for s in shards]
     for path in files:
         if not fs.isfile(path):
             raise FileNotFoundError(f"feature store shard {path!r} listed in "
@@ -1080,10 +1119,10 @@ def make_dataset(split_dir, batch_size, *, shuffle=False, shuffle_buffer=4096, s
     autotune = tf.data.AUTOTUNE
     cycle = max(1, min(len(files), max(4, os.cpu_count() or 1)))
     seed = 0 if seed is None else int(seed)
-    n = int(manifest.num_examples)
+    counts = [int(sh["num_examples"]) for sh in shards]
+    n = sum(counts)
     start = int(start_example)
 
-    counts = [int(sh["num_examples"]) for sh in manifest.shards]
     where = f"feature store {split_dir!r}"
     verify = verify_command(split_dir, manifest)
 

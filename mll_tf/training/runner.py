@@ -100,7 +100,7 @@ RESUMABLE_RUN_FIELDS = frozenset({
     "run_dir", "features_root", "data_root", "epochs", "max_steps", "eval_every", "learning_rate",
     "weight_decay", "lr_schedule", "lr_signal", "lr_decay", "lr_patience", "lr_floor_fraction",
     "lr_warmup_fraction", "lr_div_factor", "lr_final_div_factor", "early_stopping_patience",
-    "steps_per_execution", "jit_compile", "cpu_replicas", "monitor", "log_every", "backup_every"})
+    "steps_per_execution", "jit_compile", "cpu_replicas", "distribution", "monitor", "log_every", "backup_every"})
 
 
 class RunDirectoryError(ValueError):
@@ -108,7 +108,9 @@ class RunDirectoryError(ValueError):
 
 
 def _run_files(run_dir):
-    return sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []
+    from mll_tf.data import fs
+
+    return sorted(fs.listdir(run_dir)) if fs.isdir(run_dir) else []
 
 
 def check_resume(task, run_dir):
@@ -128,7 +130,9 @@ def check_resume(task, run_dir):
     from mll_tf.tasks import load_task
     from mll_tf.training.config import flag_name
 
-    if not os.path.isfile(os.path.join(run_dir, "config.yaml")):
+    from mll_tf.data import fs
+
+    if not fs.isfile(os.path.join(run_dir, "config.yaml")):
         return
     saved = load_task(run_dir)
     conflicts = []
@@ -160,16 +164,17 @@ def _recreate_models(task, model, run_dir, state, backup_dir):
     ``last.keras`` comes from the restored state; ``best.keras`` from the
     best weights kept in the backup (``best.weights.h5``).
     """
-    from mll_tf.training.atomic import keras_file_ok, save_keras_model
+    from mll_tf.data import fs
+    from mll_tf.training.atomic import keras_file_ok, load_weights, save_keras_model
 
     last = os.path.join(run_dir, "last.keras")
     best = os.path.join(run_dir, "best.keras")
     best_weights = os.path.join(backup_dir, "best.weights.h5")
-    if not keras_file_ok(best) and os.path.isfile(best_weights):
+    if not keras_file_ok(best) and fs.isfile(best_weights):
         print(f"--resume: {best} is missing or damaged; re-created from {best_weights}")
-        model.load_weights(best_weights)
+        load_weights(model, best_weights)
         save_keras_model(model, best)
-        model.load_weights(state["weights"])
+        load_weights(model, state["weights"])
     if not keras_file_ok(last) and state.get("rounds_done"):
         from mll_tf.training.recipe import swap_ema_weights
 
@@ -218,10 +223,12 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
     """
     import keras
 
+    from mll_tf.data import fs
     from mll_tf.training import recipe
     from mll_tf.training import callbacks as cbs
     from mll_tf.training.atomic import write_json
-    from mll_tf.training.distribute import make_strategy
+    from mll_tf.training import distribute
+    from mll_tf.training.precision import check_precision, precision_scope
     from mll_tf.training.schedules import build_lr_schedule
 
     run = task.run
@@ -229,7 +236,13 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
         raise RunDirectoryError("--resume and --overwrite exclude each other")
     run_dir = run.run_dir or run.default_run_dir()
     run.run_dir = run_dir
+    # A multi-worker job is one run: the workers other than the chief neither check nor clear run_dir.
+    multi = run.distribution == "multi_worker" or (run.distribution == "auto" and distribute.tf_config_tasks() > 1)
     existing = _run_files(run_dir)
+    if multi and not resume:
+        raise RunDirectoryError("a multi-worker run (TF_CONFIG / --distribution multi_worker) is started with "
+                                "--resume (and without --overwrite) on every worker, so that a restarted job "
+                                "continues from its backup")
     if existing and not resume and not overwrite:
         raise RunDirectoryError(
             f"--run-dir {run_dir} already holds a run ({', '.join(existing[:4])}"
@@ -239,7 +252,13 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
         check_resume(task, run_dir)
     task.check()
     recipe.check_recipe(task)
-    strategy = make_strategy(run.cpu_replicas)
+    policy = check_precision(run.precision, task)   # --precision: refused before anything is written
+    strategy = distribute.make_strategy(run.cpu_replicas, run.distribution)
+    chief = distribute.is_chief(strategy)
+    read_dir = run_dir
+    if not chief:   # TensorFlow's guide: the other workers write to temporary directories
+        run_dir = distribute.worker_write_dir(run_dir, strategy)
+        overwrite, existing = False, []
     replicas = strategy.num_replicas_in_sync
     if task.max_replicas is not None and replicas > task.max_replicas:
         raise ValueError(f"--method {task.name} trains on at most {task.max_replicas} replica(s); "
@@ -248,8 +267,8 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
         raise ValueError(f"--batch-size {run.batch_size} must be divisible by the {replicas} replicas")
 
     backup_dir = os.path.join(run_dir, "backup")
-    state = cbs.RunBackup.read_state(backup_dir) if resume else None
-    task.prepare(run_dir, resume=state is not None)
+    state = cbs.RunBackup.read_state(os.path.join(read_dir, "backup")) if resume else None
+    task.prepare(read_dir, resume=state is not None)
     n = task.num_train_examples
     steps_per_round = run.steps_per_round(n)
     if steps_per_round < 1:
@@ -263,27 +282,26 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
 
     # Every check passed: only now is the run directory touched.
     if overwrite and existing:
-        import shutil
-
         print(f"--overwrite: deleting the run in {run_dir}")
-        shutil.rmtree(run_dir)
+        fs.rmtree(run_dir)
     if resume and state is None:
         print(f"--resume: no backup in {backup_dir}; starting from scratch")
-    os.makedirs(run_dir, exist_ok=True)
+    fs.makedirs(run_dir)
     task.save_run_files(run_dir)
     _save_config(task, run_dir)
     write_json(os.path.join(run_dir, "run_info.json"), run_info(config_source))
 
     keras.utils.set_random_seed(run.seed)
-    with strategy.scope():
+    with strategy.scope(), precision_scope(policy):   # the model's layers keep the policy
         model = task.build_model()
         optimizer = recipe.build_run_optimizer(run, total_steps, task.optimizer_variables(model))
         if run.sam_rho > 0:   # read by the model's train_step (recipe.sam_gradients)
             model.sam_rho, model.sam_adaptive = float(run.sam_rho), bool(run.sam_adaptive)
         model.compile(optimizer=optimizer, loss=task.build_loss(),
                       steps_per_execution=run.steps_per_execution, jit_compile=run.jit_compile)
-        optimizer.build(task.optimizer_variables(model))
+        model.optimizer.build(task.optimizer_variables(model))   # LossScaleOptimizer under mixed_float16
         task.on_model_built(model)
+    distribute.adapt_model_for_multi_worker(model, strategy)
     print(f"{task.name}: {task.describe()}; {replicas} replica(s) "
           f"({', '.join(strategy.extended.worker_devices)}); {num_rounds} rounds of {steps_per_round} "
           f"steps of {run.batch_size}; monitor {monitor}")
@@ -314,7 +332,8 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
         if adaptive is not None:
             adaptive.restore_learning_rate(model)
         print(f"resumed from {state['weights']} (step {start_step}, {backup.rounds_done} rounds done)")
-        _recreate_models(task, model, run_dir, state, backup_dir)
+        if chief:
+            _recreate_models(task, model, run_dir, state, backup_dir)
     cbs.write_history(history_path, backup.history)
     if start_step >= total_steps or recipe.early_stopped(state):
         print(f"all {total_steps} steps already done in {run_dir}; nothing to train" if start_step >= total_steps
@@ -337,15 +356,22 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
     callbacks += [best, cbs.LastModelCheckpoint(os.path.join(run_dir, "last.keras"))]
     if early is not None:
         callbacks.append(early)
-    callbacks += [ema.swap_out, tensorboard, cbs.HistoryCSV(history_path)]
+    callbacks += [ema.swap_out, tensorboard, cbs.HistoryCSV(history_path, rows=backup.history)]
     if verbose == 0:
         callbacks.append(cbs.RoundLogger(num_rounds, best=best))
     callbacks.append(backup)
 
-    dataset = task.train_dataset(run.batch_size, start_step=start_step)
-    if run.mixup > 0 or run.cutmix > 0:
-        dataset = recipe.mix_batches(dataset, "mixup" if run.mixup > 0 else "cutmix", run.mixup or run.cutmix,
-                                     seed=run.seed, start_step=start_step, probability=run.mix_probability)
+    def train_input(batch_size):
+        dataset = task.train_dataset(batch_size, start_step=start_step)
+        if run.mixup > 0 or run.cutmix > 0:
+            dataset = recipe.mix_batches(dataset, "mixup" if run.mixup > 0 else "cutmix", run.mixup or run.cutmix,
+                                         seed=run.seed, start_step=start_step, probability=run.mix_probability)
+        return dataset
+
+    if distribute.is_multi_worker(strategy):   # each worker reads its own shard files
+        dataset = distribute.distribute_input(strategy, train_input, run.batch_size)
+    else:
+        dataset = train_input(run.batch_size)
     try:
         model.fit(dataset, epochs=num_rounds, steps_per_epoch=steps_per_round,
                   initial_epoch=start_step // steps_per_round, callbacks=callbacks, shuffle=False,
@@ -353,6 +379,11 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
     except BaseException:
         tensorboard.abort()
         raise
+    finally:
+        if not chief:
+            distribute.remove_worker_write_dir(run_dir, read_dir)
+    if not chief:
+        return {k: v for k, v in backup.history[-1].items() if k != "epoch"} if backup.history else {}
     task.on_fit_end(model, run_dir)
     cbs.write_history(history_path, backup.history)   # the backup's rows: exactly one per round
     metrics = {k: v for k, v in backup.history[-1].items() if k != "epoch"} if backup.history else {}
