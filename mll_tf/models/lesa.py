@@ -100,6 +100,14 @@ class LESA(keras.Model):
             vectors (normalised inside) replacing the seen vectors for this
             call; all outputs then have C'' label columns.
 
+    Precision: the model and its conv/BN follow the Keras dtype policy
+    (``dtype=`` or ``keras.mixed_precision.set_global_policy``). Under
+    ``mixed_bfloat16`` / ``mixed_float16`` the weights stay float32 and the
+    matrix products run in the 16-bit type, while BatchNormalization's
+    statistics, the softmax over regions and every output are float32 (so the
+    losses and metrics are computed in float32). Under ``float32`` the casts
+    are no-ops and the numbers are unchanged.
+
     Returns (from ``call``): dict of float32 tensors
         ``"logits"`` [B, C] = max over heads of ``head_logits`` (unbounded);
         ``"head_logits"`` [B, M, C] = s_{m,c};
@@ -171,8 +179,13 @@ class LESA(keras.Model):
 
         # === Layers (step 1); weights created in build() ===
         self.conv = None
+        # The sublayers follow the model's dtype policy (``dtype=`` argument or
+        # the global Keras policy): a mixed policy computes the conv in
+        # bfloat16/float16 while Keras' BatchNormalization keeps its moments
+        # and moving statistics in float32.
         self.bn = keras.layers.BatchNormalization(
-            synchronized=True, momentum=0.99, epsilon=1e-3, name="conv_bn")
+            synchronized=True, momentum=0.99, epsilon=1e-3, name="conv_bn",
+            dtype=self.dtype_policy)
         self._grid = None
 
     def build(self, input_shape):
@@ -198,7 +211,8 @@ class LESA(keras.Model):
 
         self.conv = keras.layers.Conv2D(
             channels, (2, 2), padding="same", use_bias=False,
-            kernel_initializer="glorot_uniform", name="conv")
+            kernel_initializer="glorot_uniform", name="conv",
+            dtype=self.dtype_policy)
         self.conv.build((None, self._grid[0], self._grid[1], dim))
         self.bn.build((None, self._grid[0], self._grid[1], channels))
         he = keras.initializers.HeNormal
@@ -233,7 +247,10 @@ class LESA(keras.Model):
         else:
             vecs = _l2_normalize(
                 ops.cast(ops.convert_to_tensor(label_embeddings), "float32"))
-        return ops.matmul(vecs, ops.transpose(self.W))
+        # Mixed precision: the product runs in the compute dtype (a no-op
+        # cast in float32).
+        return ops.matmul(ops.cast(vecs, self.compute_dtype),
+                          ops.cast(ops.transpose(self.W), self.compute_dtype))
 
     def conv_features(self, features, training=False):
         """Step 1: conv + BN + ReLU, [B, R, D] -> [B, R, C'] (float32)."""
@@ -251,22 +268,25 @@ class LESA(keras.Model):
         hidden = ops.tanh(ops.matmul(f, self.w_att_1[:c]) + self.w_att_1[c])
         # Step 4: e = [H, 1] W2, [B, R, M] -> [B, M, R].
         e = ops.matmul(hidden, self.w_att_2[:c]) + self.w_att_2[c]
-        e = ops.transpose(e, (0, 2, 1))
+        # The softmax over regions is taken in float32 under a mixed policy.
+        e = ops.cast(ops.transpose(e, (0, 2, 1)), "float32")
         alpha = ops.softmax(e, axis=-1)                        # [B, M, R]
         # Steps 6-8: z_m = sum_r alpha F_a; its constant channel (= 1) meets
         # the trailing 0 of theta and drops out.
-        z = ops.matmul(alpha, f)                               # [B, M, C']
+        z = ops.matmul(ops.cast(alpha, f.dtype), f)            # [B, M, C']
         theta = self._projected(label_embeddings)              # [C, C']
         head_logits = ops.einsum("bmk,ck->bmc", z, theta)      # [B, M, C]
         logits = ops.max(head_logits, axis=1)                  # [B, C]
         f_global = ops.mean(f, axis=1)                         # [B, C']
         global_logits = ops.matmul(f_global, ops.transpose(theta))
+        # Outputs are float32 whatever the policy, so that losses and metrics
+        # are computed in float32 (casts are no-ops in float32).
         return {
-            "logits": logits,
-            "head_logits": head_logits,
+            "logits": ops.cast(logits, "float32"),
+            "head_logits": ops.cast(head_logits, "float32"),
             "attention_logits": e,
             "attention": alpha,
-            "global_logits": global_logits,
+            "global_logits": ops.cast(global_logits, "float32"),
         }
 
     def get_config(self):

@@ -230,6 +230,7 @@ class LESATask(Task):
     """
 
     Config = LESAConfig
+    mixed_precision = True   # --precision bfloat16 / mixed_float16 (mll_tf/training/precision.py)
     evaluate_options = ("k", "baselines", "hubness_correction")
     resumable_fields = ("eval_k", "attention_images")
 

@@ -228,6 +228,10 @@ class RunConfig:
                                "with --resume on every worker; docs/scaling.md); auto: multi_worker when "
                                "TF_CONFIG names several workers", choices=("auto", "mirrored", "multi_worker"))
     jit_compile: bool = option(False, "compile the training step with XLA")
+    precision: str = option("float32", "float32 | bfloat16 (Keras mixed_bfloat16: CPUs with AVX512-BF16/AMX, "
+                            "recent GPUs) | mixed_float16 (GPU only, with loss scaling); the loss, softmax over "
+                            "regions, BatchNorm statistics and metrics stay float32 (docs/performance.md)",
+                            choices=("float32", "bfloat16", "mixed_float16"))
     # --- validation and bookkeeping
     monitor: str = option("", "validation metric that selects best.keras and drives --lr-schedule "
                           "adaptive ('' -> the method's)")
