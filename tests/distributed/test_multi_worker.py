@@ -130,3 +130,59 @@ def test_two_workers_one_step_equals_one_worker_and_resume_continues(tmp_path, m
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     history = (run_dir / "history.csv").read_text().splitlines()
     assert len(history) == 3 and history[1].startswith("1,") and history[2].startswith("2,")
+
+
+def test_two_worker_job_with_a_worker_killed_resumes(tmp_path, monkeypatch):
+    """Worker 1 is SIGKILLed mid-run; the job (both workers, same command) is restarted and resumes from
+    the chief's backup; its final weights are those of one uninterrupted process."""
+    import signal
+    import time
+
+    from mll_tf.training.runner import fit_task
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    features = tmp_path / "features"
+    write_store(features)
+    epochs = 12   # 12 rounds of one step, a backup after each
+    run_dir = tmp_path / "multi"
+    ports = _free_ports(2)
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
+    procs = []
+    for i in range(2):
+        spec = {"tf_config": {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                              "task": {"type": "worker", "index": i}},
+                "features_root": str(features), "run_dir": str(run_dir), "epochs": epochs}
+        procs.append(subprocess.Popen([sys.executable, "-m", "tests.distributed.mw_worker", json.dumps(spec)],
+                                      cwd=ROOT, env=env, stdout=open(tmp_path / f"k{i}.log", "w"),
+                                      stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + 900
+    backup = run_dir / "backup"
+    try:
+        while time.monotonic() < deadline and procs[0].poll() is None:
+            steps = [int(n[5:-5]) for n in (os.listdir(backup) if backup.is_dir() else [])
+                     if n.startswith("step-") and n.endswith(".json")]
+            if steps and max(steps) >= 3:
+                break
+            time.sleep(0.02)
+        assert procs[0].poll() is None and procs[1].poll() is None, (tmp_path / "k0.log").read_text()[-3000:]
+        procs[1].send_signal(signal.SIGKILL)
+        try:   # the chief's next all-reduce fails without its peer (or hangs: the job is then stopped)
+            procs[0].wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            procs[0].kill()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert procs[0].returncode != 0
+    done = max(int(n[5:-5]) for n in os.listdir(backup) if n.endswith(".json"))
+    assert 3 <= done < epochs
+    outs = run_workers(tmp_path, features, run_dir, epochs=epochs)   # the same command, restarted
+    assert f"(step {done}," in outs[0] and f"(step {done}," in outs[1]   # both resumed from the chief's backup
+    fit_task(make_task(features, tmp_path / "straight", epochs), verbose=0)
+    for a, b in zip(_weights(run_dir), _weights(tmp_path / "straight")):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert len(history) == epochs + 1
