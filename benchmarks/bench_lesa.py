@@ -63,6 +63,9 @@ SHAPES = {
 BATCH = 32
 INFER_BATCH = 256
 MODES = ("eager", "tf.function", "xla")
+#: The original TF1 graph (rebuilt with tf.compat.v1, see ``_tf1_graph``) and the
+#: reduced-precision / faster paths, timed in the same interleaved blocks.
+EXTRA_MODES = ("tf1-graph", "bf16")
 VARIANTS = ("xla-lossgrad", "xla-dense", "trainer", "trainer-xla")
 GOAL = 1.5  # XLA / tf.function, NUS-WIDE train step
 
@@ -88,14 +91,144 @@ class _DenseRankingLESALoss(LESALoss):
                                              span)}
 
 
-def _make(shape, seed=0, strategy=None):
+def _tf1_graph(shape, features, labels, seed=0):
+    """The original LESA TF1 graph, rebuilt with ``tf.compat.v1`` in its own ``tf.Graph`` / ``Session``.
+
+    Same ops as ``AttentionClassifier.build_model_rank(is_conv=True)`` of
+    hbdat/cvpr20_LESA ``core/model_share_attention.py`` with the NUS-WIDE
+    zero-shot script's settings (T=10, lamb_att_dist=0.1, lamb_att_global=0.001,
+    lamb_att_span=0.01, constant word vectors, no L2 regulariser):
+    ``slim.conv2d`` 2x2 SAME without bias + ``tf.layers.batch_normalization``
+    (fused, moving statistics in UPDATE_OPS) + ReLU; ``_augment_1``;
+    ``_attention_layer_MLP`` (tensordot, tanh, softmax over regions, the
+    broadcast product [B, T, R, D+1] summed over R); ``_predict_frac``;
+    ``_ranking_loss`` (label subset gather, dense [B, C, C] pairs),
+    ``_attention_distribution_soft_cardinality``,
+    ``_attention_ortho_span_regularizer``, ``_attention_global_regularizer``;
+    ``tf.train.RMSPropOptimizer(decay=0.9, momentum=0.9, epsilon=1.0)`` applied
+    after the UPDATE_OPS. The contrib/slim layers no longer exist, so the conv
+    and the fused batch norm are written with the ops they call. Labels use the
+    reference's +1 / -1 / 0 (unknown) convention.
+
+    The inputs are held in graph variables (no ``feed_dict`` copy per step; the
+    reference fed NumPy batches, which costs it a little more), so the baseline
+    is, if anything, favoured.
+
+    Returns:
+        (train() -> loss float, infer() -> logits [B_infer, C], session).
+    """
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    regions, dim = shape["regions"], shape["dim"]
+    k = shape["conv_channels"] or dim
+    side = int(round(regions ** 0.5))
+    heads, c = 10, shape["num_labels"]
+    rng = np.random.default_rng(seed)
+    vecs = rng.normal(size=(c, shape["embedding_dim"])).astype("float32")
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)   # sklearn normalize(vecs)
+    ref_labels = np.where(labels == 1, 1.0, np.where(labels == 0, -1.0, 0.0)).astype("float32")
+    with graph.as_default():
+        v1.set_random_seed(seed)
+        x_train = v1.get_variable("x_train", initializer=features[:BATCH], trainable=False)
+        x_infer = v1.get_variable("x_infer", initializer=features, trainable=False)
+        y_var = v1.get_variable("y", initializer=ref_labels, trainable=False)
+        is_train = v1.placeholder_with_default(True, [])
+        # training reads the batch of 32, inference the batch of 256
+        feats = tf.cond(is_train, x_train.read_value, x_infer.read_value)
+        visual_labels = y_var.read_value()
+        init = v1.variance_scaling_initializer()
+
+        def augment(t, value, rank):
+            sh = tf.shape(t)
+            extra = [sh[i] for i in range(rank - 1)] + [1]
+            return tf.concat([t, tf.fill(extra, value)], axis=rank - 1)
+
+        # _conv: slim.conv2d(512, [2, 2], SAME, normalizer_fn=tf.layers.batch_normalization)
+        x = tf.reshape(feats, [-1, side, side, dim])
+        kernel = v1.get_variable("conv/weights", [2, 2, dim, k],
+                                 initializer=v1.glorot_uniform_initializer())
+        x = tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
+        gamma = v1.get_variable("conv/bn/gamma", [k], initializer=v1.ones_initializer())
+        beta = v1.get_variable("conv/bn/beta", [k], initializer=v1.zeros_initializer())
+        mmean = v1.get_variable("conv/bn/moving_mean", [k], initializer=v1.zeros_initializer(),
+                                trainable=False)
+        mvar = v1.get_variable("conv/bn/moving_variance", [k], initializer=v1.ones_initializer(),
+                               trainable=False)
+
+        def bn_train():
+            return v1.nn.fused_batch_norm(x, gamma, beta, epsilon=1e-3, is_training=True)
+
+        def bn_infer():
+            return v1.nn.fused_batch_norm(x, gamma, beta, mean=mmean, variance=mvar, epsilon=1e-3,
+                                          is_training=False)
+
+        x, bmean, bvar = tf.cond(is_train, bn_train, bn_infer)
+        for var, val in ((mmean, bmean), (mvar, bvar)):
+            v1.add_to_collection(v1.GraphKeys.UPDATE_OPS, v1.assign_sub(var, (var - val) * 0.01))
+        conv = tf.reshape(tf.nn.relu(x), [-1, regions, k])
+        features_a = augment(conv, 1.0, 3)
+        # _attention_layer_MLP
+        w_att_1 = v1.get_variable("w_att_1", [k + 1, k], initializer=init)
+        w_att_2 = v1.get_variable("w_att_2", [k + 1, heads], initializer=init)
+        att_h = tf.nn.tanh(tf.tensordot(features_a, w_att_1, axes=[[2], [0]]))
+        out_att_log = tf.transpose(tf.tensordot(augment(att_h, 1.0, 3), w_att_2, axes=[[2], [0]]),
+                                   perm=[0, 2, 1])
+        out_att = tf.nn.softmax(out_att_log, axis=2)
+        f_att = tf.reduce_sum(features_a[:, tf.newaxis, :, :] * out_att[:, :, :, tf.newaxis], axis=2)
+        f_global = tf.reduce_mean(features_a, axis=1)
+        # _predict_frac
+        w = v1.get_variable("W", [k, shape["embedding_dim"]], initializer=init)
+        classifiers = augment(tf.transpose(tf.matmul(w, tf.transpose(tf.constant(vecs)))), 0.0, 2)
+        att_logits = tf.tensordot(f_att, tf.transpose(classifiers), axes=[[2], [0]])
+        logits = tf.reduce_max(att_logits, axis=1)
+        # _ranking_loss
+        subset = tf.reshape(tf.where(tf.reduce_sum(tf.abs(visual_labels), axis=0) > 0), [-1])
+        sub_labels = tf.gather(visual_labels, subset, axis=1)
+        sub_logits = tf.gather(logits, subset, axis=1)
+        pos = tf.clip_by_value(sub_labels, 0.0, 1.0)
+        neg = tf.clip_by_value(-sub_labels, 0.0, 1.0)
+        mask = pos[:, tf.newaxis, :] * neg[:, :, tf.newaxis]
+        o = 1 + (sub_logits * neg)[:, :, tf.newaxis] - (sub_logits * pos)[:, tf.newaxis, :]
+        diff = tf.maximum(mask * o, 0)
+        violation = tf.reduce_sum(tf.sign(diff), axis=[1, 2])
+        loss_rank = tf.reduce_mean(tf.reduce_sum(diff, axis=[1, 2]) / (violation + 1e-8))
+        # _attention_distribution_soft_cardinality
+        p = tf.reduce_sum(tf.nn.softmax(att_logits, axis=1)
+                          * tf.clip_by_value(visual_labels, 0, 1)[:, tf.newaxis, :], axis=2)
+        loss_dist = tf.reduce_mean(tf.reduce_mean(tf.square(p), axis=1))
+        # _attention_ortho_span_regularizer
+        norm = tf.nn.l2_normalize(out_att_log, 2)
+        reg = tf.reduce_sum(norm[:, tf.newaxis, :, :] * norm[:, :, tf.newaxis, :], axis=3)
+        loss_span = tf.norm(tf.linalg.set_diag(reg, tf.zeros(tf.shape(reg)[:-1])))
+        # _attention_global_regularizer
+        logits_global = tf.matmul(f_global, tf.transpose(classifiers))
+        loss_global = tf.reduce_sum(tf.maximum(-(logits - logits_global) * visual_labels, 0))
+        loss = loss_rank + 0.1 * loss_dist + 0.001 * loss_global + 0.01 * loss_span
+        optimizer = v1.train.RMSPropOptimizer(1e-3, decay=0.9, momentum=0.9, epsilon=1.0)
+        grads = optimizer.compute_gradients(loss)
+        with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
+            train_op = optimizer.apply_gradients(grads)
+        init_op = v1.global_variables_initializer()
+    sess = v1.Session(graph=graph)
+    sess.run(init_op)
+
+    def train():
+        return sess.run([train_op, loss])[1]
+
+    def infer():
+        return sess.run(logits, {is_train: False})
+
+    return train, infer, sess
+
+
+def _make(shape, seed=0, strategy=None, dtype=None):
     rng = np.random.default_rng(seed)
     keras.utils.set_random_seed(seed)
     scope = strategy.scope() if strategy is not None else _nullcontext()
     with scope:
         model = LESA(rng.normal(size=(shape["num_labels"],
                                       shape["embedding_dim"])).astype("float32"),
-                     num_heads=10, conv_channels=shape["conv_channels"])
+                     num_heads=10, conv_channels=shape["conv_channels"], dtype=dtype)
         features = np.maximum(rng.normal(
             size=(INFER_BATCH, shape["regions"], shape["dim"])), 0).astype("float32")
         model(features[:1])
@@ -203,13 +336,26 @@ def _interleaved(cases, steps, warmup, repeats, label):
     return {name: rates[name] for name in cases}
 
 
-def run(shape_name, steps, warmup, repeats, variants):
+def run(shape_name, steps, warmup, repeats, variants, modes=MODES + EXTRA_MODES):
     """{"train": {mode: ex/s}, "infer32": {...}, "infer256": {...}}."""
     shape = SHAPES[shape_name]
     train, infer32, infer256 = {}, {}, {}
-    for mode in MODES + (VARIANTS if variants else ()):
+    for mode in tuple(modes) + (VARIANTS if variants else ()):
         if mode.startswith("trainer"):
             train[mode] = (_trainer_step(shape, mode == "trainer-xla"), BATCH)
+            continue
+        if mode == "tf1-graph":
+            _, _, _, y, x256 = _make(shape)
+            tf1_train, tf1_infer, _ = _tf1_graph(shape, x256.numpy(), y.numpy())
+            train[mode] = (tf1_train, BATCH)
+            infer256[mode] = (tf1_infer, INFER_BATCH)
+            continue
+        if mode == "bf16":   # tf.function, Keras mixed_bfloat16 policy (--precision bfloat16)
+            model, optimizer, x, y, x256 = _make(shape, dtype="mixed_bfloat16")
+            train_step, infer_step = _step_fns(model, optimizer, LESALoss(), "tf.function")
+            train[mode] = ((lambda f=train_step, a=(x, y): f(*a)), BATCH)
+            infer32[mode] = ((lambda f=infer_step, a=x: f(a)), BATCH)
+            infer256[mode] = ((lambda f=infer_step, a=x256: f(a)), INFER_BATCH)
             continue
         model, optimizer, x, y, x256 = _make(shape)
         loss_fn = _DenseRankingLESALoss() if mode == "xla-dense" else LESALoss()
@@ -348,14 +494,21 @@ def main(argv=None):
                         help="skip the extra train-step variants")
     parser.add_argument("--profile", action="store_true",
                         help="time op groups of the nus step (tf.function vs XLA)")
+    parser.add_argument("--modes", default=",".join(MODES + EXTRA_MODES),
+                        help="comma-separated modes to time (default: all of "
+                             f"{', '.join(MODES + EXTRA_MODES)})")
     args = parser.parse_args(argv)
+    modes = tuple(m for m in args.modes.split(",") if m)
+    unknown = sorted(set(modes) - set(MODES + EXTRA_MODES))
+    if unknown:
+        parser.error(f"--modes: unknown {', '.join(unknown)}")
     names = ["clipart", "nus"] if args.shape == "both" else [args.shape]
     print(f"TF {tf.__version__}, Keras {keras.__version__}, train batch {BATCH}, "
           f"inference batch {BATCH} and {INFER_BATCH}, best of {args.repeats} interleaved "
           f"blocks of {args.steps} steps after {args.warmup} warm-up steps, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (noisy: shared "
           f"machine)")
-    results = {name: run(name, args.steps, args.warmup, args.repeats, args.variants)
+    results = {name: run(name, args.steps, args.warmup, args.repeats, args.variants, modes)
                for name in names}
     print()
     header = (f"{'shape':8s} {'mode':12s} {'train ex/s':>11s} "
@@ -371,6 +524,13 @@ def main(argv=None):
     print()
     for name, res in results.items():
         tr, i32, i256 = res["train"], res["infer32"], res["infer256"]
+        if "tf1-graph" in tr:
+            print(f"{name:8s} vs the TF1 graph (same process, interleaved): " + "; ".join(
+                f"{m} train {tr[m] / tr['tf1-graph']:.2f}x, infer@256 "
+                f"{i256[m] / i256['tf1-graph']:.2f}x" for m in tr
+                if m != "tf1-graph" and m in i256))
+        if not {"xla", "tf.function", "eager"} <= set(tr):
+            continue
         ratio = tr["xla"] / tr["tf.function"]
         line = (f"{name:8s} XLA / tf.function: train {ratio:5.2f}x, infer@32 "
                 f"{i32['xla'] / i32['tf.function']:5.2f}x, infer@256 "
