@@ -227,6 +227,8 @@ class RunConfig:
                                "MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (run the same command "
                                "with --resume on every worker; docs/scaling.md); auto: multi_worker when "
                                "TF_CONFIG names several workers", choices=("auto", "mirrored", "multi_worker"))
+    data_service: str = option("", "a tf.data service dispatcher (grpc://host:port): the training input pipeline "
+                               "runs on its workers instead of in this process (docs/scaling.md); empty: here")
     jit_compile: bool = option(False, "compile the training step with XLA")
     precision: str = option("float32", "float32 | bfloat16 (Keras mixed_bfloat16: CPUs with AVX512-BF16/AMX, "
                             "recent GPUs) | mixed_float16 (GPU only, with loss scaling); the loss, softmax over "
