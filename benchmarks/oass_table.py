@@ -72,9 +72,14 @@ def run_one(a, name, method, kp, seed):
     if kp:
         cmd += ["--keypoints", kp]
     cmd += a.extra.split()
-    _run(cmd)
-    _run([sys.executable, "evaluation/evaluate.py", "--run", run])
-    with open(os.path.join(run, "eval_test", "summary.json")) as f:
+    summary = os.path.join(run, "eval_test", "summary.json")
+    best = os.path.join(run, "best.keras")
+    done = os.path.isfile(os.path.join(run, "final_metrics.json")) and os.path.isfile(summary) and \
+        os.path.getmtime(summary) > os.path.getmtime(best)
+    if not done:   # a finished and evaluated run is reused as it is
+        _run(cmd)
+        _run([sys.executable, "evaluation/evaluate.py", "--run", run])
+    with open(summary) as f:
         res = json.load(f)["results"]
     hist = os.path.join(run, "history.csv")
     return {"mAP": res["mAP"], **{f"loc_{s}": res[f"loc_{s}"] for s in STRATS},
