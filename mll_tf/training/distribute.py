@@ -19,6 +19,9 @@ multi-worker guide (https://www.tensorflow.org/tutorials/distribute/multi_worker
   ``tf.distribute.InputContext``), its per-worker share of the global batch;
 * :func:`adapt_model_for_multi_worker`: two work-arounds for Keras 3's
   ``fit`` under a multi-worker strategy (see there).
+
+Input at scale: :func:`data_service_input` moves the training input pipeline
+to the workers of a ``tf.data`` service (``--data-service``).
 """
 
 import json
@@ -210,6 +213,41 @@ def distribute_input(strategy, make_input, global_batch_size):
         return ds.with_options(options)
 
     return strategy.distribute_datasets_from_function(fn)
+
+
+def check_data_service(address):
+    """Validate ``--data-service`` (empty, or ``grpc://host:port``).
+
+    Raises:
+        ValueError: naming the flag and the value.
+    """
+    import re
+
+    if address and not re.fullmatch(r"grpc(\+local)?://[^/\s]+:\d+", address):
+        raise ValueError(f"--data-service {address!r}: expected the dispatcher's address grpc://host:port")
+
+
+def data_service_input(dataset, address):
+    """``dataset`` processed by the workers of the tf.data service whose dispatcher is ``address``.
+
+    ``tf.data.experimental.service.distribute`` with sharding policy
+    ``OFF``: every tf.data worker runs the whole pipeline (reading the
+    feature store itself, so the store must be on a file system the
+    tf.data workers see) and this process only receives finished batches.
+    With one tf.data worker the stream is the one this process would make
+    (same order, so a resumed run continues it exactly); with several the
+    batches of their pipelines arrive interleaved in no fixed order, and the
+    exact-resume guarantee does not hold.
+
+    Args:
+        dataset: ``tf.data.Dataset`` (serialisable: no Python functions).
+        address: str, ``grpc://host:port`` of the dispatcher.
+
+    Returns:
+        ``tf.data.Dataset`` with the same elements.
+    """
+    service = tf.data.experimental.service
+    return dataset.apply(service.distribute(processing_mode=service.ShardingPolicy.OFF, service=address))
 
 
 def make_strategy(cpu_replicas=1, distribution="auto"):

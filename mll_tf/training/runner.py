@@ -100,7 +100,7 @@ RESUMABLE_RUN_FIELDS = frozenset({
     "run_dir", "features_root", "data_root", "epochs", "max_steps", "eval_every", "learning_rate",
     "weight_decay", "lr_schedule", "lr_signal", "lr_decay", "lr_patience", "lr_floor_fraction",
     "lr_warmup_fraction", "lr_div_factor", "lr_final_div_factor", "early_stopping_patience",
-    "steps_per_execution", "jit_compile", "cpu_replicas", "distribution", "monitor", "log_every", "backup_every"})
+    "steps_per_execution", "jit_compile", "cpu_replicas", "distribution", "data_service", "monitor", "log_every", "backup_every"})
 
 
 class RunDirectoryError(ValueError):
@@ -253,6 +253,7 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
     task.check()
     recipe.check_recipe(task)
     policy = check_precision(run.precision, task)   # --precision: refused before anything is written
+    distribute.check_data_service(run.data_service)
     strategy = distribute.make_strategy(run.cpu_replicas, run.distribution)
     chief = distribute.is_chief(strategy)
     read_dir = run_dir
@@ -366,6 +367,8 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
         if run.mixup > 0 or run.cutmix > 0:
             dataset = recipe.mix_batches(dataset, "mixup" if run.mixup > 0 else "cutmix", run.mixup or run.cutmix,
                                          seed=run.seed, start_step=start_step, probability=run.mix_probability)
+        if run.data_service:   # the pipeline above runs on the tf.data service's workers
+            dataset = distribute.data_service_input(dataset, run.data_service)
         return dataset
 
     if distribute.is_multi_worker(strategy):   # each worker reads its own shard files

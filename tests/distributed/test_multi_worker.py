@@ -186,3 +186,29 @@ def test_two_worker_job_with_a_worker_killed_resumes(tmp_path, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     history = (run_dir / "history.csv").read_text().splitlines()
     assert len(history) == epochs + 1
+
+
+def test_data_service_input_gives_the_same_run(tmp_path, monkeypatch):
+    """--data-service: a dispatcher and one worker on loopback run the input pipeline; the run is the same."""
+    import tensorflow as tf
+
+    from mll_tf.training.runner import fit_task
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    features = tmp_path / "features"
+    write_store(features)
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
+    worker = service.WorkerServer(service.WorkerConfig(dispatcher_address=dispatcher.target.split("://")[1]))
+    fit_task(make_task(features, tmp_path / "here", 3), verbose=0)
+    task = make_task(features, tmp_path / "served", 3)
+    task.run.data_service = dispatcher.target
+    fit_task(task, verbose=0)
+    for a, b in zip(_weights(tmp_path / "served"), _weights(tmp_path / "here")):
+        np.testing.assert_array_equal(a, b)
+    assert worker._num_tasks() >= 1   # the served run's input came from the tf.data worker
+    bad = make_task(features, tmp_path / "bad", 1)
+    bad.run.data_service = "localhost"
+    with pytest.raises(ValueError, match="--data-service 'localhost'"):
+        fit_task(bad, verbose=0)
+    assert not (tmp_path / "bad").exists()
