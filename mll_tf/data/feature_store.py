@@ -274,6 +274,15 @@ class Manifest:
             raise FileNotFoundError(f"feature store directory {os.fspath(split_dir)!r} "
                                     f"does not exist")
         if not fs.isfile(path):
+            from mll_tf.data.sharding import part_dirs
+
+            parts = part_dirs(split_dir)
+            if parts:
+                raise FileNotFoundError(
+                    f"feature store manifest {path!r} does not exist: {os.fspath(split_dir)!r} holds the parts "
+                    f"of a sharded extraction ({', '.join(p[2] for p in parts[:3])}"
+                    f"{', ...' if len(parts) > 3 else ''}) that was not finalized; once every worker is done, "
+                    f"run its extraction command with --num-workers {parts[0][1]} --finalize")
             raise FileNotFoundError(f"feature store manifest {path!r} does not exist")
         try:
             data = json.loads(fs.read_text(path))

@@ -87,6 +87,8 @@ def test_finalize_refuses_unfinished_duplicate_and_missing_then_merges(tmp_path)
     with pytest.raises(ShardingError, match="records_sha256"):
         finalize_split(split_dir, ["a", "b", "c"], 2, "y" * 64)
     assert not os.path.exists(os.path.join(split_dir, "manifest.json"))   # nothing written on refusal
+    with pytest.raises(FileNotFoundError, match="sharded extraction .* not finalized.*--num-workers 2 --finalize"):
+        make_dataset(split_dir, 2)
 
 
 def test_finalize_merges_parts_into_one_readable_store(tmp_path):
