@@ -112,11 +112,69 @@ def _exclusion_mask(query, dictionary, query_sq, dict_sq, inner, dedup_tol,
     return excluded | (suspicious & ~checked)
 
 
+def _scores(inner_l, inner_f, ny, nf, eligible, lam_l, lam_f, balance):
+    """The greedy score of every atom (see :func:`batched_omp`), [B, N]."""
+    score_l = _safe_divide(tf.square(inner_l), ny)
+    score_f = _safe_divide(tf.square(inner_f), nf)
+    if balance:
+        zero = tf.zeros_like(score_l)
+        max_l = tf.reduce_max(tf.where(eligible, score_l, zero), axis=1, keepdims=True)
+        max_f = tf.reduce_max(tf.where(eligible, score_f, zero), axis=1, keepdims=True)
+        score_l = _safe_divide(score_l, max_l)
+        score_f = _safe_divide(score_f, max_f)
+    sign = (tf.sign(inner_l) * tf.sign(lam_l)
+            + tf.sign(inner_f) * tf.sign(lam_f))
+    return (lam_l * score_l + lam_f * score_f) * sign
+
+
+def _greedy(y, f, inner_l_fn, inner_f_fn, atoms_fn, ny, nf, eligible, n, k,
+            inner_l0, inner_f0, weights):
+    """The ``k`` greedy steps of :func:`batched_omp` over ``n`` atoms per image.
+
+    ``inner_*_fn(residual [B, .]) -> [B, n]`` and ``atoms_fn(indices [B, k])
+    -> (label atoms [B, k, C], feature atoms [B, k, E])`` address either the
+    whole dictionary or each image's candidates; ``ny``/``nf`` broadcast to
+    [B, n]. Returns (indices [B, k] into the n atoms, -1 unused; coef_label;
+    coef_feature).
+    """
+    lam_l, lam_f, threshold, balance, ridge, skip_label, skip_feature = weights
+    neg_inf = tf.constant(float("-inf"), tf.float32)
+    batch = tf.shape(y)[0]
+    res_l, res_f = y, f
+    inner_l, inner_f = inner_l0, inner_f0
+    selected = tf.zeros([batch, n], tf.bool)
+    active = tf.ones([batch], tf.bool)
+    slots = []
+    coef_l = coef_f = indices = None
+    for step in range(k):
+        if step > 0 and not skip_label:
+            inner_l = inner_l_fn(res_l)                            # [B, n]
+        if step > 0 and not skip_feature:
+            inner_f = inner_f_fn(res_f)
+        score = _scores(inner_l, inner_f, ny, nf, eligible, lam_l, lam_f, balance)
+        score = tf.where(eligible & ~selected, score, neg_inf)
+        best = tf.argmax(score, axis=1, output_type=tf.int32)      # [B]
+        best_score = tf.reduce_max(score, axis=1)
+        active = active & (best_score >= threshold)
+        slots.append(tf.where(active, best, -tf.ones_like(best)))
+        selected = selected | ((tf.one_hot(best, n) > 0) & active[:, None])
+        indices = tf.stack(slots + [-tf.ones_like(best)] * (k - step - 1),
+                           axis=1)                                  # [B, k]
+        valid = indices >= 0
+        atoms_l, atoms_f = atoms_fn(tf.maximum(indices, 0))        # [B, k, C], [B, k, E]
+        coef_l = _solve_support(atoms_l, y, valid, ridge)
+        coef_f = _solve_support(atoms_f, f, valid, ridge)
+        if step + 1 < k:
+            res_l = y - tf.einsum("bk,bkc->bc", coef_l, atoms_l)
+            res_f = f - tf.einsum("bk,bke->be", coef_f, atoms_f)
+    return indices, coef_l, coef_f
+
+
 def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
                 lambda_label, lambda_feature, threshold, balance=False,
                 dedup_tol=1e-3, normalize_lambdas=True, ridge=1e-6,
                 dict_label_sq_norms=None, dict_feature_sq_norms=None,
-                dedup_candidates=8):
+                dedup_candidates=8, prefilter=0):
     """Greedy joint sparse coding of IMCL (docs/imcl.md §2), batched.
 
     For each image i (row of the queries) the atoms are the dictionary entries
@@ -187,6 +245,17 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
         dict_feature_sq_norms: optional float [N], precomputed ``||F_j||^2``.
         dedup_candidates: int, entries per image re-checked with the exact
             distance (see the near-duplicate note above; capped at N).
+        prefilter: int M >= 0. 0: exact OMP over the whole dictionary. M > 0:
+            candidate pre-filter: the first step's scores (above) are
+            computed for all N atoms, the M eligible atoms with the highest
+            score are kept per image (in dictionary order), and the greedy
+            steps and least-squares refits run over those M only, so steps
+            2..k cost B M (C + E) instead of B N (C + E). The first atom is
+            the exact one; later atoms are exact whenever they are among the
+            M candidates (the support recall against exact OMP is measured by
+            ``benchmarks/bench_imcl.py``). With ``balance`` the maxima of
+            steps 2..k are taken over the candidates. M >= N gives the exact
+            result (up to float32 round-off of the inner products).
 
     Returns:
         Tuple ``(indices, coef_label, coef_feature, num_selected)``:
@@ -203,6 +272,9 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
     k = int(k)
     if k < 1:
         raise ValueError(f"batched_omp: k must be >= 1, got {k}")
+    prefilter = int(prefilter)
+    if prefilter < 0:
+        raise ValueError(f"batched_omp: prefilter must be >= 0, got {prefilter}")
     y = tf.stop_gradient(tf.cast(query_labels, tf.float32))
     f = tf.stop_gradient(tf.cast(query_features, tf.float32))
     dy = tf.stop_gradient(tf.cast(dict_labels, tf.float32))
@@ -247,48 +319,30 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
                                nf[0], inner_f0, dedup_tol, candidates)
     eligible = ~excluded
     neg_inf = tf.constant(float("-inf"), tf.float32)
+    inner_l0 = _inner(y, dy)                                       # [B, N]
+    weights = (lam_l, lam_f, threshold, balance, ridge, skip_label, skip_feature)
 
-    res_l, res_f = y, f
-    inner_l, inner_f = None, inner_f0
-    selected = tf.zeros([batch, n], tf.bool)
-    active = tf.ones([batch], tf.bool)
-    slots = []
-    coef_l = coef_f = None
-    for step in range(k):
-        if step == 0 or not skip_label:
-            inner_l = _inner(res_l, dy)                            # [B, N]
-        if step > 0 and not skip_feature:
-            inner_f = _inner(res_f, df)
-        score_l = _safe_divide(tf.square(inner_l), ny)
-        score_f = _safe_divide(tf.square(inner_f), nf)
-        if balance:
-            zero = tf.zeros_like(score_l)
-            max_l = tf.reduce_max(tf.where(eligible, score_l, zero), axis=1,
-                                  keepdims=True)
-            max_f = tf.reduce_max(tf.where(eligible, score_f, zero), axis=1,
-                                  keepdims=True)
-            score_l = _safe_divide(score_l, max_l)
-            score_f = _safe_divide(score_f, max_f)
-        sign = (tf.sign(inner_l) * tf.sign(lam_l)
-                + tf.sign(inner_f) * tf.sign(lam_f))
-        score = (lam_l * score_l + lam_f * score_f) * sign
-        score = tf.where(eligible & ~selected, score, neg_inf)
-        best = tf.argmax(score, axis=1, output_type=tf.int32)      # [B]
-        best_score = tf.reduce_max(score, axis=1)
-        active = active & (best_score >= threshold)
-        slots.append(tf.where(active, best, -tf.ones_like(best)))
-        selected = selected | ((tf.one_hot(best, n) > 0) & active[:, None])
-        indices = tf.stack(slots + [-tf.ones_like(best)] * (k - step - 1),
-                           axis=1)                                  # [B, k]
-        valid = indices >= 0
-        safe = tf.maximum(indices, 0)
-        atoms_l = tf.gather(dy, safe)                              # [B, k, C]
-        atoms_f = tf.gather(df, safe)                              # [B, k, E]
-        coef_l = _solve_support(atoms_l, y, valid, ridge)
-        coef_f = _solve_support(atoms_f, f, valid, ridge)
-        if step + 1 < k:
-            res_l = y - tf.einsum("bk,bkc->bc", coef_l, atoms_l)
-            res_f = f - tf.einsum("bk,bke->be", coef_f, atoms_f)
+    if prefilter == 0:
+        indices, coef_l, coef_f = _greedy(
+            y, f, lambda r: _inner(r, dy), lambda r: _inner(r, df),
+            lambda i: (tf.gather(dy, i), tf.gather(df, i)),
+            ny, nf, eligible, n, k, inner_l0, inner_f0, weights)
+    else:
+        m = prefilter if n_static is None else min(prefilter, int(n_static))
+        score0 = _scores(inner_l0, inner_f0, ny, nf, eligible, lam_l, lam_f, balance)
+        score0 = tf.where(eligible, score0, neg_inf)
+        _, cand = tf.math.top_k(score0, k=m)                       # [B, M]
+        cand = tf.sort(cand, axis=1)       # dictionary order: ties break as in the exact path
+        cy = tf.gather(dy, cand)                                   # [B, M, C]
+        cf = tf.gather(df, cand)                                   # [B, M, E]
+        indices, coef_l, coef_f = _greedy(
+            y, f, lambda r: tf.einsum("bmc,bc->bm", cy, r), lambda r: tf.einsum("bme,be->bm", cf, r),
+            lambda i: (tf.gather(cy, i, batch_dims=1), tf.gather(cf, i, batch_dims=1)),
+            tf.gather(ny[0], cand), tf.gather(nf[0], cand), tf.gather(eligible, cand, batch_dims=1),
+            m, k, tf.gather(inner_l0, cand, batch_dims=1), tf.gather(inner_f0, cand, batch_dims=1),
+            weights)
+        indices = tf.where(indices >= 0, tf.gather(cand, tf.maximum(indices, 0), batch_dims=1),
+                           -tf.ones_like(indices))
     num_selected = tf.reduce_sum(tf.cast(indices >= 0, tf.int32), axis=1)
     return (tf.stop_gradient(indices), tf.stop_gradient(coef_l),
             tf.stop_gradient(coef_f), tf.stop_gradient(num_selected))

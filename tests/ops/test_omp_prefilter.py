@@ -1,0 +1,71 @@
+"""batched_omp(prefilter=M): candidate pre-filter by the first greedy score, then exact OMP over the M."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mll_tf.ops.omp import batched_omp
+
+
+def _random_problem(seed=0, b=6, n=40, c=12, e=9):
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(-0.5, 1, (b, c)).astype(np.float32), rng.normal(size=(b, e)).astype(np.float32),
+            rng.uniform(-0.5, 1, (n, c)).astype(np.float32), rng.normal(size=(n, e)).astype(np.float32))
+
+
+@pytest.mark.parametrize("balance", [False, True])
+@pytest.mark.parametrize("m", [40, 64])
+def test_prefilter_at_least_dictionary_size_equals_exact(m, balance):
+    qy, qf, dy, df = _random_problem()
+    qf[2] = df[7]   # an image that is in the dictionary: excluded in both paths
+    kw = dict(k=4, lambda_label=1.0, lambda_feature=0.5, threshold=1e-6, balance=balance)
+    exact = batched_omp(qy, qf, dy, df, **kw)
+    pre = batched_omp(qy, qf, dy, df, prefilter=m, **kw)
+    np.testing.assert_array_equal(pre[0].numpy(), exact[0].numpy())
+    assert not np.any(exact[0].numpy()[2] == 7)
+    np.testing.assert_allclose(pre[1].numpy(), exact[1].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pre[2].numpy(), exact[2].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(pre[3].numpy(), exact[3].numpy())
+
+
+def test_planted_support_recovered_with_few_candidates():
+    """Queries built from 3 planted atoms of a 500-atom dictionary: M = 20 candidates find them all."""
+    rng = np.random.default_rng(1)
+    b, n, c, e, k = 16, 500, 30, 24, 3
+    dy = rng.normal(size=(n, c)).astype(np.float32)
+    df = rng.normal(size=(n, e)).astype(np.float32)
+    support = np.stack([rng.choice(n, k, replace=False) for _ in range(b)])
+    coef = rng.uniform(1.0, 2.0, size=(b, k)).astype(np.float32)
+    qy = np.einsum("bk,bkc->bc", coef, dy[support]).astype(np.float32)
+    qf = np.einsum("bk,bke->be", coef, df[support]).astype(np.float32)
+    kw = dict(k=k, lambda_label=1.0, lambda_feature=1.0, threshold=1e-6)
+    exact = batched_omp(qy, qf, dy, df, **kw)[0].numpy()
+    pre, coef_l, _, num = batched_omp(qy, qf, dy, df, prefilter=20, **kw)
+    pre = pre.numpy()
+    recall_exact = np.mean([len(set(exact[i]) & set(support[i])) / k for i in range(b)])
+    recall = np.mean([len(set(pre[i]) & set(support[i])) / k for i in range(b)])
+    assert recall_exact == 1.0 and recall == 1.0
+    np.testing.assert_array_equal(num.numpy(), np.full(b, k))
+    # the refit on the true support recovers the planted coefficients
+    order = np.argsort(pre, axis=1)
+    got = np.take_along_axis(coef_l.numpy(), order, axis=1)
+    want = np.take_along_axis(coef, np.argsort(support, axis=1), axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-3)
+
+
+def test_prefilter_one_candidate_keeps_the_first_exact_atom_only():
+    qy, qf, dy, df = _random_problem(seed=3)
+    kw = dict(k=3, lambda_label=1.0, lambda_feature=0.5, threshold=1e-6)
+    exact = batched_omp(qy, qf, dy, df, **kw)[0].numpy()
+    pre = batched_omp(qy, qf, dy, df, prefilter=1, **kw)[0].numpy()
+    np.testing.assert_array_equal(pre[:, 0], exact[:, 0])   # the first step is exact
+    np.testing.assert_array_equal(pre[:, 1:], -1)           # no candidate left
+
+
+def test_prefilter_traces_under_xla_and_rejects_negative():
+    qy, qf, dy, df = _random_problem(seed=4)
+    kw = dict(k=2, lambda_label=1.0, lambda_feature=0.5, threshold=1e-6)
+    fn = tf.function(lambda: batched_omp(qy, qf, dy, df, prefilter=8, **kw), jit_compile=True)
+    np.testing.assert_array_equal(fn()[0].numpy(), batched_omp(qy, qf, dy, df, prefilter=8, **kw)[0].numpy())
+    with pytest.raises(ValueError, match="prefilter"):
+        batched_omp(qy, qf, dy, df, prefilter=-1, **kw)
