@@ -18,6 +18,14 @@ ones, nothing downloaded), prints:
      each worker's half (``input_shard``), and the ratio;
   4. bytes per image on disk (ZLIB level 1) and uncompressed.
 
+    python benchmarks/bench_scaling_out.py --training [--train-records 2048] [--train-batch-size 128]
+
+instead trains ``--method ignore`` (a linear head: the step is cheap, so this
+measures the distribution overhead more than compute) on a generated store of
+float16 features [49, 256] in 16 shard files: one process (the baseline) vs
+two ``MultiWorkerMirroredStrategy`` workers on 127.0.0.1, each reading its own
+files; prints examples/s of the second round (``history.csv``) and the ratio.
+
 Every number comes from this machine; when it is shared with other jobs the
 two-worker figures measure contention as much as scaling.
 """
@@ -44,13 +52,107 @@ def _rate(text):
     return float(m.group(1)) if m else float("nan")
 
 
+def _train_task(features_root, run_dir, batch_size, steps):
+    from mll_tf.tasks import build_task
+
+    return build_task(dict(method="ignore", dataset="toy", backbone="efficientnet_lite0", input_size=8,
+                           features_root=features_root, run_dir=run_dir, batch_size=batch_size,
+                           max_steps=2 * steps, eval_every=steps, learning_rate=0.01, shuffle_buffer=256,
+                           log_every=steps), task={})
+
+
+def _train_worker(arg):
+    """One worker of the two-worker training phase."""
+    import json
+
+    spec = json.loads(arg)
+    os.environ["TF_CONFIG"] = json.dumps(spec["tf_config"])
+    from mll_tf.training.runner import fit_task
+
+    fit_task(_train_task(spec["features"], spec["run_dir"], spec["batch_size"], spec["steps"]), resume=True,
+             verbose=0)
+
+
+def _examples_per_sec(run_dir):
+    import csv
+
+    with open(os.path.join(run_dir, "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    return float(rows[-1]["examples_per_sec"])
+
+
+def training(args):
+    import json
+    import socket
+
+    import numpy as np
+
+    from mll_tf.data.feature_store import FeatureStoreWriter, Manifest
+
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("TF_CONFIG", None)
+    names = ["cat", "dog", "car", "tree", "boat", "house", "bird", "fish"]
+    steps = args.train_records // args.train_batch_size
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        features = os.path.join(tmp, "features")
+        for split, n in (("train", args.train_records), ("val", 256), ("test", 64)):
+            man = Manifest(dataset="toy", split=split, backbone="efficientnet_lite0", weights="none",
+                           input_size=[8, 8], preprocessing="synthetic", feature_shape=[49, 256],
+                           feature_grid=[7, 7], feature_dtype="float16", label_names=names)
+            per_shard = max(1, n // 16)
+            with FeatureStoreWriter(os.path.join(features, "toy", "efficientnet_lite0_8", split), man) as w:
+                for i in range(n):
+                    y = (rng.random(len(names)) < 0.3).astype(np.int8)
+                    x = np.maximum(rng.normal(size=(49, 256)) - 0.8, 0).astype(np.float16)
+                    w.write(f"{split}/{i:05d}", x, y)
+                    if split == "train" and (i + 1) % per_shard == 0 and i + 1 < n:
+                        w._finish_shard()
+        from mll_tf.training.runner import fit_task
+
+        one = os.path.join(tmp, "one")
+        fit_task(_train_task(features, one, args.train_batch_size, steps), verbose=0)
+        rate1 = _examples_per_sec(one)
+        socks = [socket.socket() for _ in range(2)]
+        for s_ in socks:
+            s_.bind(("127.0.0.1", 0))
+        ports = [s_.getsockname()[1] for s_ in socks]
+        for s_ in socks:
+            s_.close()
+        two = os.path.join(tmp, "two")
+        procs = []
+        for i in range(2):
+            spec = {"tf_config": {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                                  "task": {"type": "worker", "index": i}},
+                    "features": features, "run_dir": two, "batch_size": args.train_batch_size, "steps": steps}
+            procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "--train-worker",
+                                           json.dumps(spec)], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+        outs = [q.communicate()[0] for q in procs]
+        if any(q.returncode for q in procs):
+            sys.exit("\n".join(o[-3000:] for o in outs))
+        rate2 = _examples_per_sec(two)
+    print(f"training --method ignore, features 49x256 float16, {args.train_records} training records in 16 shard "
+          f"files, global batch {args.train_batch_size}, round 2 of 2 ({steps} steps); CPUs visible: {os.cpu_count()}")
+    print(f"one process:            {rate1:8.0f} examples/s")
+    print(f"two workers (127.0.0.1): {rate2:8.0f} examples/s; ratio to one process {rate2 / rate1:.2f}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--training", action="store_true", help="the training phase instead of extraction/reading")
+    p.add_argument("--train-records", type=int, default=2048)
+    p.add_argument("--train-batch-size", type=int, default=128)
+    p.add_argument("--train-worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--num-images", type=int, default=192)
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-shard-mb", type=float, default=2.0)
     args = p.parse_args(argv)
+    if args.train_worker:
+        return _train_worker(args.train_worker)
+    if args.training:
+        return training(args)
 
     from tests.helpers import make_clipart_tree
 
