@@ -106,7 +106,13 @@ def main(argv=None):
     p.add_argument("--feature-map", action="store_true", help="add Theta_1 (fixed-feature variant)")
     p.add_argument("--exact-steps", type=int, default=5, help="timed steps of the slow exact mode")
     p.add_argument("--no-xla", action="store_true")
+    p.add_argument("--prefilter", type=int, nargs="*", default=[256],
+                   help="OMP candidate pre-filter sizes M to time and to check against exact OMP "
+                        "(support recall); 0 values are ignored (default 256)")
+    p.add_argument("--recall-batches", type=int, default=8,
+                   help="batches of 32 queries for the support recall (default 8)")
     args = p.parse_args(argv)
+    prefilters = [m for m in args.prefilter if m > 0]
 
     feats, labels, dict_f, dict_y, graph = _data()
     dictionary = IMCLDictionary(dict_f, dict_y)
@@ -119,13 +125,14 @@ def main(argv=None):
         dt = _time(lambda: step(feats, labels), args.warmup, args.steps)
         rows.append(("logistic", jit, dt))
 
-    for refresh in [1] + list(args.refresh):
+    for refresh, pre in [(r, 0) for r in [1] + list(args.refresh)] + [
+            (r, m) for r in [1] + list(args.refresh) for m in prefilters]:
         for jit in modes:
             model = _model(graph, args.feature_map)
             step = make_imcl_train_step(
                 model, {"classifier": _rms(1e-3), "graph": _rms(0.5)}, dictionary,
                 loss=IMCLLoss(1.0, 0.5), k=args.k, threshold=1e-3,
-                dict_refresh_every=refresh, jit_compile=jit)
+                dict_refresh_every=refresh, jit_compile=jit, prefilter=pre)
             steps = args.exact_steps if refresh == 1 else args.steps
             if refresh > 1:
                 # Time whole refresh periods when they are short enough.
@@ -138,7 +145,8 @@ def main(argv=None):
                     step.refresh_cache()
                 float(tf.reduce_sum(step._cache[2]))
                 dt += (time.perf_counter() - t0) / 2 / refresh
-            rows.append((f"imcl refresh={refresh}" if refresh > 1 else "imcl exact", jit, dt))
+            name = f"imcl refresh={refresh}" if refresh > 1 else "imcl exact"
+            rows.append((name + (f" M={pre}" if pre else ""), jit, dt))
 
     # OMP alone on fixed (cached) inputs.
     model = _model(graph, args.feature_map)
@@ -156,6 +164,44 @@ def main(argv=None):
                                               dict_feature_sq_norms=nf),
                           jit_compile=jit, autograph=False)
         rows.append(("omp only", jit, _time(omp, args.warmup, args.steps)))
+        for m in prefilters:
+            omp_m = tf.function(lambda m=m: batched_omp(
+                qy, qf, dy, df, k=args.k, lambda_label=1.0, lambda_feature=0.5, threshold=1e-3,
+                dict_label_sq_norms=ny, dict_feature_sq_norms=nf, prefilter=m),
+                jit_compile=jit, autograph=False)
+            rows.append((f"omp only M={m}", jit, _time(omp_m, args.warmup, args.steps)))
+
+    # Support recall of the pre-filter against exact OMP, on the cached dictionary of the
+    # model above, for queries that are the model's own outputs on held-out random features.
+    recall = {}
+    if prefilters:
+        exact_fn = tf.function(lambda a, b: batched_omp(
+            a, b, dy, df, k=args.k, lambda_label=1.0, lambda_feature=0.5, threshold=1e-3,
+            dict_label_sq_norms=ny, dict_feature_sq_norms=nf)[0], autograph=False)
+        pre_fns = {m: tf.function(lambda a, b, m=m: batched_omp(
+            a, b, dy, df, k=args.k, lambda_label=1.0, lambda_feature=0.5, threshold=1e-3,
+            dict_label_sq_norms=ny, dict_feature_sq_norms=nf, prefilter=m)[0], autograph=False)
+            for m in prefilters}
+        hits = {m: 0 for m in prefilters}
+        total = 0
+        for i in range(args.recall_batches):
+            # queries as in training: the model's clamped predictions and [e, 1] of new features,
+            # with a few of each batch taken from the dictionary (excluded from their own support)
+            r = np.random.default_rng(100 + i)
+            x = np.maximum(r.normal(size=(BATCH, D)), 0).astype(np.float32)
+            x[:4] = dict_f[r.choice(N, 4, replace=False)]
+            yq = tf.constant(r.choice([1, 0, -1], size=(BATCH, C), p=[0.01, 0.09, 0.9]).astype(np.int8))
+            terms = step.model.embed(tf.constant(x))
+            logits = step.model.classifier(terms)
+            from mll_tf.models.imcl import asym_sigmoid, clamp_labels, labels_to_pm1
+            a = clamp_labels(asym_sigmoid(logits, step.model.c), labels_to_pm1(yq), step.model.c)
+            b = step.model.omp_features(terms)
+            ex = exact_fn(a, b).numpy()
+            for m, fn in pre_fns.items():
+                got = fn(a, b).numpy()
+                hits[m] += sum(len((set(g) & set(e)) - {-1}) for g, e in zip(got, ex))
+            total += sum(len(set(e) - {-1}) for e in ex)
+        recall = {m: hits[m] / max(total, 1) for m in prefilters}
 
     print(f"batch {BATCH}, dictionary N={N}, C={C}, D={D}, k={args.k}, "
           f"feature_map={args.feature_map}, threads: {os.cpu_count()} cpus")
@@ -169,6 +215,9 @@ def main(argv=None):
     best = max((fastest / dt, name, str(j)) for name, j, dt in rows if name.startswith("imcl"))
     print(f"best IMCL vs fastest logistic: {best[0]:.3f} ({best[1]}, xla={best[2]}); "
           f"goal >= 0.25")
+    for m, rec in recall.items():
+        print(f"OMP pre-filter M={m}: support recall vs exact OMP {rec:.4f} "
+              f"({args.recall_batches} batches of {BATCH} queries, k={args.k}; goal >= 0.99)")
     return 0
 
 

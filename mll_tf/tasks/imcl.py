@@ -159,7 +159,7 @@ def dictionary_terms(model, dictionary):
 
 def imcl_terms(model, dictionary, dict_terms, features, labels, *, loss, k, threshold,
                balance, dedup_tol, lambda_colab, lambda_feature, training,
-               global_batch_size=None, global_observed_count=None):
+               global_batch_size=None, global_observed_count=None, prefilter=0):
     """IMCL's loss terms on a batch: OMP over the dictionary, then the residual losses.
 
     The query side gives logits, ``y_hat = clamp(asym_sigmoid(s))`` and
@@ -195,7 +195,7 @@ def imcl_terms(model, dictionary, dict_terms, features, labels, *, loss, k, thre
         k=k, lambda_label=lambda_colab, lambda_feature=lambda_feature,
         threshold=threshold, balance=balance,
         dedup_tol=dedup_tol, dict_label_sq_norms=dict_ny,
-        dict_feature_sq_norms=dict_nf)
+        dict_feature_sq_norms=dict_nf, prefilter=prefilter)
     safe = tf.maximum(indices, 0)
     batch = tf.shape(indices)[0]
     atoms = tf.gather(dictionary.features, tf.reshape(safe, [-1]))
@@ -271,6 +271,8 @@ class IMCLTrainStep:
             computed).
         dedup_tol: float, OMP near-duplicate distance.
         dict_refresh_every: int >= 1 (above).
+        prefilter: int M >= 0, :func:`mll_tf.ops.omp.batched_omp`'s candidate
+            pre-filter (0: exact OMP over the whole dictionary).
         jit_compile: False, True (XLA-compile the whole step) or
             ``"optimizer"`` (compile only the optimiser updates; the fastest
             on CPU in ``benchmarks/bench_imcl.py``).
@@ -282,7 +284,7 @@ class IMCLTrainStep:
 
     def __init__(self, model, optimizers, dictionary, loss=None, k=3,
                  threshold=1e-3, balance=False, use_feature_term=True,
-                 dedup_tol=1e-3, dict_refresh_every=1, jit_compile=False):
+                 dedup_tol=1e-3, dict_refresh_every=1, jit_compile=False, prefilter=0):
         if not isinstance(dictionary, IMCLDictionary):
             dictionary = IMCLDictionary(*dictionary)
         if not model.built:
@@ -300,6 +302,7 @@ class IMCLTrainStep:
         self.balance = bool(balance)
         self.use_feature_term = bool(use_feature_term)
         self.dedup_tol = float(dedup_tol)
+        self.prefilter = int(prefilter)   # batched_omp(prefilter=M): 0 = exact over the dictionary
         self.dict_refresh_every = int(dict_refresh_every)
         self.jit_compile = _check_jit(jit_compile)
         self.lambda_colab = tf.Variable(self.loss.lambda_colab,
@@ -360,7 +363,7 @@ class IMCLTrainStep:
                           balance=self.balance, dedup_tol=self.dedup_tol,
                           lambda_colab=lam_c,
                           lambda_feature=self._lambda_feature(lambda_feature),
-                          training=training)
+                          training=training, prefilter=self.prefilter)
 
     def _train_step(self, features, labels):
         dict_terms = self._dict_terms()
@@ -431,14 +434,14 @@ class IMCLTrainStep:
 def make_imcl_train_step(model, optimizers, dictionary, loss=None, k=3,
                          threshold=1e-3, balance=False, use_feature_term=True,
                          dedup_tol=1e-3, dict_refresh_every=1,
-                         jit_compile=False):
-    """Build an :class:`IMCLTrainStep` (see there for the arguments)."""
+                         jit_compile=False, prefilter=0):
+    """Build an :class:`IMCLTrainStep` (see there for the arguments; ``prefilter``: batched_omp's)."""
     return IMCLTrainStep(model, optimizers, dictionary, loss=loss, k=k,
                          threshold=threshold, balance=balance,
                          use_feature_term=use_feature_term,
                          dedup_tol=dedup_tol,
                          dict_refresh_every=dict_refresh_every,
-                         jit_compile=jit_compile)
+                         jit_compile=jit_compile, prefilter=prefilter)
 
 
 def make_logistic_train_step(model, optimizer, unknown_as_negative=False,
@@ -504,6 +507,9 @@ class IMCLConfig(MultiLabelConfig):
                                           "steps (reference 250)", min=1)
     imcl_refresh: int = option(1, "recompute the dictionary predictions every N steps (1: every step, "
                                "exact, the reference)", min=1)
+    imcl_prefilter: int = option(0, "OMP candidate pre-filter: exact OMP over the M dictionary entries with "
+                                 "the best first greedy score per image (0: off, exact over the whole "
+                                 "dictionary; docs/performance.md)", min=0)
 
 
 _LOG_TERMS = ("logistic", "colab", "feature", "num_selected")
@@ -527,11 +533,14 @@ class TrainableIMCL(OwnLossSteps, IMCLModel):
         use_feature_term: bool, False: lambda_f is 0 and L_feat is not computed.
         dedup_tol: float, OMP near-duplicate distance.
         dict_refresh_every: int >= 1, steps between dictionary-side refreshes.
+        omp_prefilter: int M >= 0, :func:`mll_tf.ops.omp.batched_omp`'s
+            candidate pre-filter (0: exact OMP over the whole dictionary).
     """
 
     def __init__(self, num_labels, k=3, omp_threshold=1e-3, use_feature_term=True, dedup_tol=1e-3,
-                 dict_refresh_every=1, **kwargs):
+                 dict_refresh_every=1, omp_prefilter=0, **kwargs):
         super().__init__(num_labels, **kwargs)
+        self.omp_prefilter = int(omp_prefilter)   # batched_omp(prefilter=M), 0 = exact
         self.k = int(k)
         self.omp_threshold = float(omp_threshold)
         self.use_feature_term = bool(use_feature_term)
@@ -599,7 +608,7 @@ class TrainableIMCL(OwnLossSteps, IMCLModel):
         return imcl_terms(self, self.dictionary, self._dict_terms(), x, y, loss=self.loss, k=self.k,
                           threshold=self.omp_threshold, balance=False, dedup_tol=self.dedup_tol,
                           lambda_colab=lam_c, lambda_feature=lam_f, training=training,
-                          global_batch_size=gb, global_observed_count=go)
+                          global_batch_size=gb, global_observed_count=go, prefilter=self.omp_prefilter)
 
     def _log(self, terms):
         ctx = tf.distribute.get_replica_context()
@@ -651,7 +660,7 @@ class TrainableIMCL(OwnLossSteps, IMCLModel):
             threshold=self.omp_threshold, balance=False, dedup_tol=self.dedup_tol,
             lambda_colab=tf.constant(bootstrap[0], tf.float32),
             lambda_feature=tf.constant(bootstrap[1], tf.float32) if self.use_feature_term else 0.0,
-            training=False))
+            training=False, prefilter=self.omp_prefilter))
         terms = fn(tf.convert_to_tensor(x), tf.convert_to_tensor(y))
         if not self.use_feature_term:
             alpha_feature = 0.0
@@ -664,7 +673,7 @@ class TrainableIMCL(OwnLossSteps, IMCLModel):
     def get_config(self):
         return {**super().get_config(), "k": self.k, "omp_threshold": self.omp_threshold,
                 "use_feature_term": self.use_feature_term, "dedup_tol": self.dedup_tol,
-                "dict_refresh_every": self.dict_refresh_every}
+                "dict_refresh_every": self.dict_refresh_every, "omp_prefilter": self.omp_prefilter}
 
 
 class IMCLStart(keras.callbacks.Callback):
@@ -833,7 +842,8 @@ class IMCLTask(MultiLabelTask):
     def build_model(self):
         c = self.config
         kw = dict(k=c.imcl_k, omp_threshold=c.imcl_threshold, use_feature_term=c.imcl_alpha_feature > 0,
-                  dict_refresh_every=c.imcl_refresh, graph=self.graph, c=c.imcl_c)
+                  dict_refresh_every=c.imcl_refresh, graph=self.graph, c=c.imcl_c,
+                  omp_prefilter=c.imcl_prefilter)
         if self.run.finetune:
             from mll_tf.backbones import build_backbone
 
