@@ -142,7 +142,7 @@ def main(argv=None):
                      "; ".join(f"{r} {_fmt(v)}" for r, v in gam.items()))
     if times:
         tt = [t for t, _ in times]
-        lines.append(f"wall time per run: train {_fmt(tt).replace('.0000', '')} s, evaluate "
+        lines.append(f"wall time per run: train {sum(tt) / len(tt):.0f} ({min(tt):.0f}–{max(tt):.0f}) s, evaluate "
                      f"{sum(e for _, e in times) / len(times):.0f} s (shared machine)")
     text = "\n".join(lines)
     print(text)

@@ -59,8 +59,9 @@ class LESAConfig(TaskConfig):
                                    "round (0: none)", min=0)
     selection: str = option("seen", "model selection: seen (the reference: the checkpoint with the best "
                             "validation seen F1@K) or zsl_holdout (a part of the seen labels is masked "
-                            "from training as pseudo-unseen; the checkpoint with the best validation ZSL "
-                            "mAP on them; GZSL calibration is chosen on them, docs/lesa.md sec. 7)",
+                            "from training as pseudo-unseen; the checkpoint with the best harmonic mean of "
+                            "their validation ZSL mAP and the trained labels' mAP; GZSL calibration is "
+                            "chosen on them, docs/lesa.md sec. 7)",
                             choices=("seen", "zsl_holdout"))
     holdout_fraction: float = option(0.15, "--selection zsl_holdout: share of the seen labels held out as "
                                      "pseudo-unseen", min=0.0, max=1.0, min_exclusive=True)
@@ -237,7 +238,7 @@ class LESATask(Task):
     @property
     def default_monitor(self):
         if self.config.selection == "zsl_holdout":
-            return "val_holdout_zsl_mAP"
+            return "val_holdout_H_mAP"
         ks = self.config.eval_k or (3, 5)
         return "val_seen_F1@5" if 5 in ks else f"val_seen_F1@{ks[-1]}"
 
@@ -306,7 +307,7 @@ class LESATask(Task):
             raise ValueError("--selection zsl_holdout: this run's label_split.json holds no pseudo-unseen "
                              "labels (it was started with --selection seen)")
         if not self.run.monitor and self.config.selection == "zsl_holdout":
-            self.run.monitor = "val_holdout_zsl_mAP"
+            self.run.monitor = "val_holdout_H_mAP"
         if not self.run.monitor:  # F1@K needs K <= the number of seen labels
             ks = [k for k in self.config.eval_k if k <= len(split.seen)]
             self.run.monitor = ("val_seen_F1@5" if 5 in ks else f"val_seen_F1@{ks[-1]}" if ks
@@ -629,6 +630,9 @@ def holdout_metrics(seen_scores, seen_labels, split, ks, correction="none"):
 
     Returns:
         dict of floats: ``holdout_zsl_mAP``, ``holdout_zsl_F1@K``,
+        ``holdout_trained_mAP`` (the trained labels' mAP), ``holdout_H_mAP``
+        (harmonic mean of those two mAPs, the GZSL "H" of Xian et al., TPAMI
+        2018, Eq. 7, with mAP for accuracy: the default monitor),
         ``holdout_gzsl_mAP``, ``holdout_gzsl_F1@K``, ``holdout_gamma`` and
         ``holdout_gzsl_cal_F1@K`` (fractions in [0, 1] except the gamma, in
         score units).
@@ -649,6 +653,10 @@ def holdout_metrics(seen_scores, seen_labels, split, ks, correction="none"):
     keep = ("mAP",) + tuple(f"F1@{k}" for k in ks)
     out.update({f"holdout_zsl_{m}": zsl[m] for m in keep if m in zsl})
     out.update({f"holdout_gzsl_{m}": gzsl[m] for m in keep if m in gzsl})
+    trained, _ = multilabel_report(s[:, u:], y[:, u:], ())
+    z, t = zsl["mAP"], trained["mAP"]
+    out["holdout_trained_mAP"] = t
+    out["holdout_H_mAP"] = 2 * z * t / (z + t) if z + t > 0 else 0.0
     gamma, _, _ = choose_gamma(s, y, u, ks)
     cal, _ = multilabel_report(calibrated_stacking(s, u, gamma), y, ks)
     out["holdout_gamma"] = gamma

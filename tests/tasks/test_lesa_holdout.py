@@ -26,6 +26,10 @@ def test_holdout_metrics_match_an_independent_computation():
     assert m["holdout_zsl_mAP"] == pytest.approx(multilabel_report(s[:, [1, 4]], y[:, [1, 4]], (1,))[0]["mAP"])
     assert m["holdout_gzsl_F1@2"] == pytest.approx(multilabel_report(s[:, cols], y[:, cols], (2,))[0]["F1@2"])
     assert m["holdout_gamma"] == choose_gamma(s[:, cols], y[:, cols], 2, (1, 2))[0]
+    z = m["holdout_zsl_mAP"]
+    t = multilabel_report(s[:, [0, 2, 3]], y[:, [0, 2, 3]], ())[0]["mAP"]
+    assert m["holdout_trained_mAP"] == pytest.approx(t)
+    assert m["holdout_H_mAP"] == pytest.approx(2 * z * t / (z + t))
 
 
 def test_holdout_run_masks_labels_selects_on_them_and_calibrates(toy_store, tmp_path):
@@ -34,14 +38,15 @@ def test_holdout_run_masks_labels_selects_on_them_and_calibrates(toy_store, tmp_
     run = tmp_path / "lesa"
     split = LabelSplit.load(run / "label_split.json")
     assert split.holdout and set(split.holdout) < set(split.seen)
-    assert task.monitor == "val_holdout_zsl_mAP"
+    assert task.monitor == "val_holdout_H_mAP"
     # the training stream: held-out columns all unknown (-1), the others untouched 1/0
     held = np.array([n in split.holdout for n in split.seen])
     for f, y in task.train_dataset(16).take(3):
         y = y.numpy()
         assert (y[:, held] == -1).all() and np.isin(y[:, ~held], (0, 1)).all()
     rows = list(csv.DictReader(open(run / "history.csv")))
-    assert {"val_holdout_zsl_mAP", "val_holdout_gamma", "val_holdout_gzsl_cal_F1@2"} <= set(rows[0])
+    assert {"val_holdout_zsl_mAP", "val_holdout_H_mAP", "val_holdout_gamma",
+            "val_holdout_gzsl_cal_F1@2"} <= set(rows[0])
     cal = json.loads((run / "calibration.json").read_text())
     assert cal["holdout"] == split.holdout and set(cal["gamma"]) == {"none", "zscore", "csls"}
     rec, text = task.evaluate(str(run), baselines=True)
