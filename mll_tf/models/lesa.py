@@ -253,13 +253,39 @@ class LESA(keras.Model):
                           ops.cast(ops.transpose(self.W), self.compute_dtype))
 
     def conv_features(self, features, training=False):
-        """Step 1: conv + BN + ReLU, [B, R, D] -> [B, R, C'] (float32)."""
+        """Step 1: conv + BN + ReLU, [B, R, D] -> [B, R, C'] (compute dtype).
+
+        Inference under a mixed policy folds the BatchNormalization into the
+        conv (kernel scaled by gamma / sqrt(var + eps) per output channel,
+        bias beta - mean * that scale, computed in float32 and cast once), so
+        the 16-bit conv output is not cast to float32 and back for the BN.
+        In float32, and in training, the conv and the BN layer run as they
+        are (the float32 numbers are unchanged).
+        """
         h, w = self._grid
         x = ops.reshape(features, (-1, h, w, ops.shape(features)[-1]))
-        x = self.conv(x)
-        x = self.bn(x, training=training)
+        if not training and self.compute_dtype != "float32":
+            x = self._fused_conv_bn(x)
+        else:
+            x = self.conv(x)
+            x = self.bn(x, training=training)
         x = ops.relu(x)
         return ops.reshape(x, (-1, h * w, self._channels))
+
+    def _fused_conv_bn(self, x):
+        """conv then BN in inference mode as one conv with a bias (mixed precision only)."""
+        bn = self.bn
+
+        def f32(variable):   # the kernel reads as the compute dtype inside call()
+            return ops.cast(ops.convert_to_tensor(variable.value), "float32")
+
+        scale = ops.rsqrt(f32(bn.moving_variance) + bn.epsilon) * f32(bn.gamma)
+        bias = f32(bn.beta) - f32(bn.moving_mean) * scale
+        kernel = f32(self.conv.kernel) * scale
+        dtype = self.compute_dtype
+        y = ops.conv(ops.cast(x, dtype), ops.cast(kernel, dtype), strides=1,
+                     padding="same")
+        return y + ops.cast(bias, dtype)
 
     def call(self, features, training=False, label_embeddings=None):
         c = self._channels

@@ -124,3 +124,31 @@ def test_fit_task_bfloat16_run(tmp_path, monkeypatch):
     assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["val_seen_mAP"] <= 1.0
     model = keras.saving.load_model(str(tmp_path / "lesa" / "best.keras"), compile=False)
     assert model.dtype_policy.name == "mixed_bfloat16" and model.conv.compute_dtype == "bfloat16"
+
+
+def test_bfloat16_inference_folds_batchnorm_into_the_conv():
+    """Mixed-precision inference: conv + BN(moving statistics) as one conv with a bias, equal to float32 conv+BN."""
+    x, _, vecs = _data(n=8)
+    rng = np.random.default_rng(3)
+    keras.utils.set_random_seed(3)
+    m32 = TrainableLESA(label_embeddings=vecs, num_heads=2, conv_channels=8)
+    m32(x[:1])
+    m32.bn.moving_mean.assign(rng.normal(size=8).astype(np.float32))
+    m32.bn.moving_variance.assign(rng.uniform(0.2, 3.0, size=8).astype(np.float32))
+    m32.bn.gamma.assign(rng.uniform(0.5, 2.0, size=8).astype(np.float32))
+    m32.bn.beta.assign(rng.normal(size=8).astype(np.float32))
+    m16 = TrainableLESA(label_embeddings=vecs, num_heads=2, conv_channels=8, dtype="mixed_bfloat16")
+    m16(x[:1])
+    m16.set_weights(m32.get_weights())
+    # float32 reference by hand: conv, then (z - mean) / sqrt(var + eps) * gamma + beta, ReLU
+    z = m32.conv(x.reshape(-1, 4, 4, 8)).numpy()
+    bn = m32.bn
+    ref = np.maximum((z - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + 1e-3)
+                     * bn.gamma.numpy() + bn.beta.numpy(), 0).reshape(-1, 16, 8)
+    np.testing.assert_allclose(m32.conv_features(x).numpy(), ref, rtol=1e-5, atol=1e-5)   # float32: unfused
+    got = tf.cast(m16.conv_features(x), tf.float32).numpy()
+    assert m16.conv_features(x).dtype == tf.bfloat16
+    np.testing.assert_allclose(got, ref, rtol=0.03, atol=0.03 * np.abs(ref).max())
+    # training mode under bfloat16 still normalises with the batch statistics (the BN layer)
+    train = tf.cast(m16.conv_features(x, training=True), tf.float32).numpy()
+    assert np.max(np.abs(train - got)) > 0.1
