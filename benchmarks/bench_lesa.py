@@ -29,6 +29,16 @@ the library is unchanged):
   MirroredStrategy, as ``experiments/train.py`` runs), without / with
   ``jit_compile``.
 
+Further modes (``--modes``, default: all), timed in the same interleaved blocks:
+
+* ``tf1-graph``: the original TF1 LESA graph rebuilt with ``tf.compat.v1``
+  (``_tf1_graph``: same ops, losses and TF1 RMSProp, its own Graph/Session),
+  the baseline of the "vs the TF1 graph" ratios printed at the end (training
+  batch 32 and inference batch 256);
+* ``bf16``: ``tf.function`` with the model under Keras' ``mixed_bfloat16``
+  policy (``--precision bfloat16``: 16-bit products, float32 weights, BN
+  statistics, softmax, outputs and loss; BN folded into the conv at inference).
+
 ``--profile`` times op groups (forward pieces, loss, gradients, optimizer) in
 tf.function and XLA for the ``nus`` shape, to show what dominates the step.
 No assertions.
@@ -36,6 +46,7 @@ No assertions.
 Usage:
     python benchmarks/bench_lesa.py
     python benchmarks/bench_lesa.py --steps 20 --shape nus --profile
+    python benchmarks/bench_lesa.py --shape nus --modes tf1-graph,tf.function,bf16 --no-variants
 """
 
 import argparse
