@@ -182,7 +182,9 @@ class UnitColumnUniform(keras.initializers.Initializer):
         self.seed = seed
 
     def __call__(self, shape, dtype=None):
-        w = keras.random.uniform(shape, -1.0, 1.0, dtype="float32", seed=self.seed)
+        # Keras' own initializer draws statelessly from an integer seed (a fresh one when seed is None):
+        # no global seed-generator variable, so building under any tf.distribute strategy works.
+        w = keras.initializers.RandomUniform(-1.0, 1.0, seed=self.seed)(shape, dtype="float32")
         norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(w), axis=0, keepdims=True))
         return keras.ops.cast(w / keras.ops.maximum(norm, 1e-12), dtype or "float32")
 

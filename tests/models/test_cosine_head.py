@@ -146,3 +146,20 @@ def test_two_replicas_equal_one(strategy2):
         return PooledHead(C, cosine=True)
 
     assert_two_replicas_equal_one(strategy2, make_model, x, r)
+
+
+def test_cosine_weights_build_under_two_strategies_in_turn():
+    """The unit-column initializer draws from its own seed, not Keras' global seed generator (a
+    variable of whichever strategy made it first): building under a second strategy works."""
+    import tensorflow as tf
+
+    from mll_tf.models.heads import CosineClassifier
+
+    for devices in (["/cpu:0", "/cpu:1"], ["/cpu:0"]):
+        strategy = tf.distribute.MirroredStrategy(devices)
+        with strategy.scope():
+            layer = CosineClassifier(3)
+            out = layer(tf.ones([2, 4]))
+        w = layer.get_weights()[0]
+        np.testing.assert_allclose(np.linalg.norm(w, axis=0), 1.0, rtol=1e-6)
+        assert out.shape == (2, 3)
