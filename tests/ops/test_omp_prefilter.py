@@ -69,3 +69,22 @@ def test_prefilter_traces_under_xla_and_rejects_negative():
     np.testing.assert_array_equal(fn()[0].numpy(), batched_omp(qy, qf, dy, df, prefilter=8, **kw)[0].numpy())
     with pytest.raises(ValueError, match="prefilter"):
         batched_omp(qy, qf, dy, df, prefilter=-1, **kw)
+
+
+def test_imcl_task_with_prefilter_at_dictionary_size_equals_exact(toy_store, tmp_path):
+    """--imcl-prefilter M >= the dictionary size trains exactly like exact OMP (same losses per round)."""
+    import csv
+
+    from tests.helpers import toy_task
+
+    rows = {}
+    for m in (0, 64):
+        task = toy_task(toy_store, tmp_path, "imcl", run_name=f"imcl_m{m}", epochs=2,
+                        task=dict(imcl_dict_size=64, imcl_k=2, imcl_prefilter=m))
+        task.fit(verbose=0)
+        rows[m] = list(csv.DictReader(open(f"{task.run.run_dir}/history.csv")))
+        import keras
+        assert keras.models.load_model(f"{task.run.run_dir}/best.keras").omp_prefilter == m   # the flag reached OMP
+    for a, b in zip(rows[0], rows[64]):
+        for key in ("logistic", "colab", "num_selected"):
+            np.testing.assert_allclose(float(b[key]), float(a[key]), rtol=1e-4, err_msg=key)
