@@ -542,16 +542,17 @@ class LESATask(Task):
             lin_scores = lin.scores(xte, gzsl_vecs)
             results["linear_embedding"] = zsl_gzsl_report(lin_scores, labels, u, ks)[0]
             hub["linear_embedding"] = hubness_report(lin_scores[:, :u], ks, lsplit.unseen)
-            if u:
-                lin_g = _baseline_gammas(self, lsplit, vec, xtr, ytr, ks, corr)
+            lin_g = _baseline_gammas(self, lsplit, vec, xtr, ytr, ks, corr) if u else None
+            if lin_g is not None:
                 gammas["linear_embedding"] = lin_g["none"]
                 results["linear_embedding+cal"] = zsl_gzsl_report(
                     calibrated_stacking(lin_scores, u, lin_g["none"]), labels, u, ks)[0]
-                if corr != "none":
-                    xva, _ = _region_means(self.features_dir("val"), *_val_columns(self, lsplit))
-                    lin_c = apply_correction(lin_scores, fit_correction(lin.scores(xva, gzsl_vecs), corr))
-                    results[f"linear_embedding+{corr}"] = zsl_gzsl_report(lin_c, labels, u, ks)[0]
-                    hub[f"linear_embedding+{corr}"] = hubness_report(lin_c[:, :u], ks, lsplit.unseen)
+            if u and corr != "none":
+                xva, _ = _region_means(self.features_dir("val"), *_val_columns(self, lsplit))
+                lin_c = apply_correction(lin_scores, fit_correction(lin.scores(xva, gzsl_vecs), corr))
+                results[f"linear_embedding+{corr}"] = zsl_gzsl_report(lin_c, labels, u, ks)[0]
+                hub[f"linear_embedding+{corr}"] = hubness_report(lin_c[:, :u], ks, lsplit.unseen)
+                if lin_g is not None:
                     gammas[f"linear_embedding+{corr}"] = lin_g[corr]
                     results[f"linear_embedding+{corr}+cal"] = zsl_gzsl_report(
                         calibrated_stacking(lin_c, u, lin_g[corr]), labels, u, ks)[0]
@@ -679,7 +680,8 @@ def _baseline_gammas(task, lsplit, vec, xtr, ytr, ks, corr):
     the validation GZSL F1@K over [held-out, trained]; no unseen label is read.
 
     Returns:
-        dict correction name -> gamma (keys ``"none"`` and ``corr``).
+        dict correction name -> gamma (keys ``"none"`` and ``corr``), or None
+        when no seen label qualifies as pseudo-unseen (tiny validation splits).
     """
     from mll_tf.models.baselines import LinearEmbeddingBaseline
     from mll_tf.training.zsl_split import choose_holdout_labels
@@ -688,9 +690,13 @@ def _baseline_gammas(task, lsplit, vec, xtr, ytr, ks, corr):
     if not split.holdout:
         cfg = LESAConfig()
         counts = task.read_manifest("val").extra.get("label_counts_by_split", {})
-        split = dataclasses.replace(lsplit, holdout=choose_holdout_labels(
-            lsplit.seen, task.read_manifest("train").label_names, counts.get("train", {}),
-            counts.get("val", {}), fraction=cfg.holdout_fraction, min_val_images=cfg.holdout_min_val_images))
+        try:
+            held = choose_holdout_labels(
+                lsplit.seen, task.read_manifest("train").label_names, counts.get("train", {}),
+                counts.get("val", {}), fraction=cfg.holdout_fraction, min_val_images=cfg.holdout_min_val_images)
+        except ValueError:
+            return None
+        split = dataclasses.replace(lsplit, holdout=held)
     hp, tp = holdout_order(split)
     seen_vecs = np.stack([vec[n] for n in split.seen]).astype(np.float32)
     ridge = LinearEmbeddingBaseline().fit(xtr, ytr[:, tp], seen_vecs[tp])
