@@ -45,7 +45,7 @@ evaluate: train
 demo: evaluate
 
 # README demo table: the train + evaluate commands above REPEAT times in fresh run folders (seeds 0..REPEAT-1),
-# mean (min-max) of every number; DEMO_REPEAT_ARGS adds train.py flags, e.g. "--selection zsl_holdout" (issue 16)
+# mean (min-max) of every number; DEMO_REPEAT_ARGS adds train.py flags, e.g. "--selection zsl_holdout"
 REPEAT ?= 5
 DEMO_REPEAT_ARGS ?=
 .PHONY: demo-repeat
@@ -77,7 +77,7 @@ imcl-table: extract-fmnist extract
 	$(PY) benchmarks/imcl_vs_logistic.py --features-root $(FEATURES)
 
 # README table: plain CAM classifier / Puzzle-CAM / OASS (Max, cMax, cTopk, cTopk-w) fine-tuning EfficientNet-Lite0
-# on scattered Fashion-MNIST, test mAP and keypoint localisation accuracy (issue 12)
+# on scattered Fashion-MNIST, test mAP and keypoint localisation accuracy
 OASS_SEEDS ?= 0 1 2
 OASS_EPOCHS ?= 2
 .PHONY: oass-table
