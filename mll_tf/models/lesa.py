@@ -266,6 +266,9 @@ class LESA(keras.Model):
         x = ops.reshape(features, (-1, h, w, ops.shape(features)[-1]))
         if not training and self.compute_dtype != "float32":
             x = self._fused_conv_bn(x)
+        elif self.compute_dtype != "float32":
+            x = self._conv_as_matmul(x, ops.convert_to_tensor(self.conv.kernel.value))
+            x = self.bn(x, training=training)
         else:
             x = self.conv(x)
             x = self.bn(x, training=training)
@@ -283,9 +286,31 @@ class LESA(keras.Model):
         bias = f32(bn.beta) - f32(bn.moving_mean) * scale
         kernel = f32(self.conv.kernel) * scale
         dtype = self.compute_dtype
-        y = ops.conv(ops.cast(x, dtype), ops.cast(kernel, dtype), strides=1,
-                     padding="same")
-        return y + ops.cast(bias, dtype)
+        return self._conv_as_matmul(x, ops.cast(kernel, dtype)) + ops.cast(bias, dtype)
+
+    def _conv_as_matmul(self, x, kernel):
+        """The 2x2 SAME conv as one matrix product (mixed precision only).
+
+        SAME padding of a 2x2 kernel pads one row and one column after the
+        grid, so output (i, j) = sum_{a, b in {0, 1}} x[i + a, j + b] K[a, b]:
+        the four shifted grids are concatenated on channels [B, h, w, 4 D]
+        (order (a, b) = (0, 0), (0, 1), (1, 0), (1, 1), as the kernel's
+        row-major (a, b, D) reshape) and multiplied by K as [4 D, C']. On this
+        CPU oneDNN's 16-bit matmul (forward and kernel gradient) is faster than
+        its 16-bit conv; float32 keeps the Conv2D layer.
+        """
+        dtype = self.compute_dtype
+        x = ops.cast(x, dtype)
+        kh, kw, d, c = kernel.shape
+        if (kh, kw) != (2, 2):
+            return ops.conv(x, ops.cast(kernel, dtype), strides=1, padding="same")
+        h, w = self._grid
+        xp = ops.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        cols = ops.concatenate([xp[:, :h, :w], xp[:, :h, 1:w + 1],
+                                xp[:, 1:h + 1, :w], xp[:, 1:h + 1, 1:w + 1]], axis=-1)
+        y = ops.matmul(ops.reshape(cols, (-1, 4 * d)),
+                       ops.reshape(ops.cast(kernel, dtype), (4 * d, c)))
+        return ops.reshape(y, (-1, h, w, c))
 
     def call(self, features, training=False, label_embeddings=None):
         c = self._channels

@@ -152,3 +152,24 @@ def test_bfloat16_inference_folds_batchnorm_into_the_conv():
     # training mode under bfloat16 still normalises with the batch statistics (the BN layer)
     train = tf.cast(m16.conv_features(x, training=True), tf.float32).numpy()
     assert np.max(np.abs(train - got)) > 0.1
+
+
+def test_mixed_precision_conv_as_matmul_equals_same_conv():
+    """The 2x2 SAME conv as one [B h w, 4 D] x [4 D, C'] product (used under mixed policies) = tf.nn.conv2d."""
+    from mll_tf.models.lesa import LESA
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 3, 4, 6)).astype(np.float32)            # a non-square 3 x 4 grid
+    kernel = rng.normal(size=(2, 2, 6, 5)).astype(np.float32)
+    model = LESA(rng.normal(size=(4, 3)), num_heads=2, conv_channels=5, grid_size=(3, 4))
+    model(x.reshape(3, 12, 6))
+    want = tf.nn.conv2d(x, kernel, strides=1, padding="SAME").numpy()
+    got = model._conv_as_matmul(tf.constant(x), tf.constant(kernel)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # and the bfloat16 model's training path uses it: its conv features follow the float32 ones
+    m16 = LESA(rng.normal(size=(4, 3)), num_heads=2, conv_channels=5, grid_size=(3, 4), dtype="mixed_bfloat16")
+    m16(x.reshape(3, 12, 6))
+    m16.set_weights(model.get_weights())
+    a = model.conv_features(x.reshape(3, 12, 6), training=True).numpy()
+    b = tf.cast(m16.conv_features(x.reshape(3, 12, 6), training=True), tf.float32).numpy()
+    np.testing.assert_allclose(b, a, atol=0.05 * np.abs(a).max())
