@@ -89,7 +89,7 @@ def ema_momentum(step, decay, warmup=True):
     """Teacher momentum after optimizer step ``step`` (0-based): ``min(decay, (t+1)/(t+10))`` with warm-up.
 
     The mean-teacher warm-up (Tarvainen & Valpola 2017); OASS gives no value
-    (our choice, docs/oass.md A7). Without warm-up: ``decay``.
+    (our choice, docs/oass.md sec. 1). Without warm-up: ``decay``.
     """
     if not warmup:
         return tf.constant(float(decay), tf.float32)

@@ -49,7 +49,7 @@ __all__ = ["CAMTask", "OASSConfig", "OASSTask", "PuzzleCAMTask", "predict_cams"]
 
 @dataclasses.dataclass
 class OASSConfig(MultiLabelConfig):
-    """Options of the CAM / Puzzle-CAM / OASS methods ([I]: our reconstruction, docs/oass.md sec. 4)."""
+    """Options of the CAM / Puzzle-CAM / OASS methods ([I]: our reconstruction, docs/oass.md sec. 1)."""
     backbone_weights: str = option("imagenet", "backbone weights: imagenet | none (random) | a weight file")
     alpha_re: float = option(3.0, "weight of Puzzle-CAM's reconstruction loss L_re (OASS README: 3.0)",
                              min=0.0)

@@ -15,7 +15,7 @@ default True, as Puzzle-CAM); 1 present, 0 absent (complete, never -1).
 Columns: the 20 classes in Puzzle-CAM's ``data/VOC_2012.json`` order
 (:data:`CLASS_NAMES`, alphabetical).
 
-Splits (docs/oass.md A15): ``train`` = the ``train_list`` ids minus a
+Splits (docs/oass.md sec. 4): ``train`` = the ``train_list`` ids minus a
 deterministic ``val_fraction`` (default 0.05, chosen by the SHA-1 of the id)
 that forms ``val`` (checkpoint selection); ``test`` = the ``test_list`` ids. A
 list is a name under ``ImageSets`` (``Main/train``, ``Segmentation/val``) or
