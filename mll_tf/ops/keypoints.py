@@ -4,7 +4,7 @@ OASS (Xu et al., "Object-Aware Self-Supervised Multi-Label Learning", ICIP
 2022) generates its self-supervision from object locations found on the
 class activation maps (CAMs) of a Puzzle-CAM classifier. Its release (a
 README only) names four keypoint strategies; the rules below are our
-reconstruction of them (docs/oass.md sec. 2 lists which parts are the
+reconstruction of them (docs/oass.md sec. 1 lists which parts are the
 README's text and which are inferred):
 
 ===========  ===================================================================
@@ -148,7 +148,7 @@ def grid_windows(points, size, cells):
 
     ``i0 = clip(floor(r + 0.5) - cells // 2, 0, size - cells)`` (and ``j0``
     from the column): the rule of the OASS reconstruction (docs/oass.md sec.
-    2, step 3), rounding halves up. The image window is then
+    1), rounding halves up. The image window is then
     ``stride * (i0, j0)`` with side ``stride * cells``, so the patch's
     feature map lines up with ``F[i0:i0+cells, j0:j0+cells]``.
 
