@@ -54,7 +54,7 @@ demo-repeat: extract
 	  --runs-root runs/demo_repeat --train-args="$(DEMO_REPEAT_ARGS)"
 
 test: install
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=10
 
 benchmarks: install
 	$(PY) benchmarks/bench_metrics.py

@@ -236,7 +236,9 @@ def test_original_layouts_read(tmp_path, layout):
     assert img.shape == (16, 16, 3) and img.dtype == np.uint8
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+# End to end on two layouts (label names with spaces; classes in the file's own order, unlabelled images);
+# every layout's reading is checked above.
+@pytest.mark.parametrize("layout", ["coco14", "nus_wide"])
 def test_original_layouts_extract_and_train(tmp_path, layout, capsys):
     """extract (train + val stores) -> train linear_head (AAM) -> evaluate --split val prints mAP."""
     from evaluation import evaluate
