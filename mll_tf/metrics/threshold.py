@@ -244,19 +244,7 @@ def attribute_accuracy(scores, labels, groups):
     _check_finite(scores, fn)
     c = scores.shape[1]
     result = {}
-    for name, columns in groups.items():
-        cols = np.asarray(list(columns))
-        if cols.size == 0 or cols.ndim != 1 or cols.dtype.kind not in "iu":
-            raise ValueError(
-                f"{fn}: group {name!r} must be a non-empty list of int column "
-                f"indices, got {list(columns)!r}")
-        if cols.min() < 0 or cols.max() >= c:
-            raise ValueError(
-                f"{fn}: group {name!r} has an index outside [0, {c}): "
-                f"{cols.tolist()}")
-        if np.unique(cols).size != cols.size:
-            raise ValueError(
-                f"{fn}: group {name!r} repeats a column: {cols.tolist()}")
+    for name, cols in _check_groups(groups, c, fn).items():
         positive = labels[:, cols] == 1                   # [N, |G|]
         known = np.count_nonzero(positive, axis=1) == 1
         if not known.any():

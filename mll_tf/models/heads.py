@@ -24,6 +24,14 @@ import keras
 import tensorflow as tf
 
 
+def _check_head_args(num_classes, dropout):
+    """Raises ValueError unless ``num_classes >= 1`` and ``dropout`` is in [0, 1)."""
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
 @keras.saving.register_keras_serializable(package="mll_tf")
 class MultiLabelHead(keras.Model):
     """Pool -> dropout -> ``Dense(C)`` logits.
@@ -46,10 +54,7 @@ class MultiLabelHead(keras.Model):
 
     def __init__(self, num_classes, dropout=0.0, hidden_units=0, **kwargs):
         super().__init__(**kwargs)
-        if int(num_classes) < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _check_head_args(num_classes, dropout)
         self.num_classes = int(num_classes)
         self.dropout_rate = float(dropout)
         self.hidden_units = int(hidden_units)
@@ -275,10 +280,7 @@ class PooledHead(keras.Model):
 
     def __init__(self, num_classes, cosine=False, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
-        if int(num_classes) < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _check_head_args(num_classes, dropout)
         self.num_classes = int(num_classes)
         self.cosine = bool(cosine)
         self.dropout_rate = float(dropout)
