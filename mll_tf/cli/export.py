@@ -48,7 +48,9 @@ def _run(argv):
     fs = build_flags()
     if fs.parse(argv) is None:
         return 0
-    if not os.path.isdir(fs.run):
+    from mll_tf.data.fs import isdir
+
+    if not isdir(fs.run):
         raise UsageError(f"--run: {fs.run} is not a directory")
     import_tensorflow_quietly()
     from mll_tf.export.formats import export_run

@@ -85,7 +85,9 @@ def resolve_task(fs):
             dataset = explicit.get("dataset") or mapping.get("dataset") or RunConfig().dataset
             run_dir = RunConfig(method=method, dataset=dataset).default_run_dir()
         saved = os.path.join(run_dir, "config.yaml")
-        if os.path.exists(saved):
+        from mll_tf.data import fs as gfs
+
+        if gfs.exists(saved):
             from mll_tf.tasks import load_task
 
             old = load_task(run_dir)

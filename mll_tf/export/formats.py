@@ -180,6 +180,7 @@ def export_run(run_dir, out, fmt, which="best", thresholds="auto", label_set="al
     Returns:
         (sidecar dict, the InferenceModel).
     """
+    from mll_tf.data import fs
     from mll_tf.export.thresholds import load_thresholds
     from mll_tf.tasks import load_task
 
@@ -190,10 +191,9 @@ def export_run(run_dir, out, fmt, which="best", thresholds="auto", label_set="al
     path = None
     if thresholds == "auto":
         cand = os.path.join(run_dir, "thresholds.json")
-        if os.path.isfile(cand):
-            with open(cand, encoding="utf-8") as f:
-                if json.load(f).get("model", f"{which}.keras") == f"{which}.keras":
-                    path = cand
+        if fs.isfile(cand):
+            if json.loads(fs.read_text(cand)).get("model", f"{which}.keras") == f"{which}.keras":
+                path = cand
     elif thresholds not in (None, "none"):
         path = thresholds
     if path:

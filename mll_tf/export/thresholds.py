@@ -75,11 +75,12 @@ def load_thresholds(path, names):
     """
     from mll_tf.metrics.threshold import thresholds_from_dict
 
-    if not os.path.isfile(path):
+    from mll_tf.data import fs
+
+    if not fs.isfile(path):
         raise FileNotFoundError(f"--thresholds: {path} does not exist")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(fs.read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"--thresholds: {path} is not a JSON file ({e})") from None
     return thresholds_from_dict(data, names, source=f"--thresholds {path}")
@@ -128,7 +129,6 @@ def tune_run_thresholds(task, run_dir, split="test", which="best", out=None, tun
         comparison["attributes"] = {"at_0.5": group_report(tp, tl, groups, 0.5),
                                     "at_tuned": group_report(tp, tl, groups, tuned)}
     out = out or os.path.join(run_dir, f"eval_{split}")
-    os.makedirs(out, exist_ok=True)
     write_json(os.path.join(run_dir, "thresholds.json"), record)
     write_json(os.path.join(out, "thresholds.json"), record)
     write_json(os.path.join(out, "threshold_comparison.json"), comparison)

@@ -93,12 +93,13 @@ def load_task(run_dir):
 
     from mll_tf.training.config import RunConfig
 
+    from mll_tf.data import fs
+
     path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(path):
+    if not fs.isfile(path):
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); train one with "
                                 f"experiments/train.py")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = yaml.safe_load(fs.read_text(path)) or {}
     if "task" not in data:  # a flat file of an older version: keep what is still an option
         cls = get_task(data.get("method", "lesa"))
         known = {f.name for f in dataclasses.fields(RunConfig)} | {f.name for f in dataclasses.fields(cls.Config)}

@@ -29,8 +29,8 @@ import os
 from mll_tf.registry import Registry
 from mll_tf.training.config import RunConfig, coerce_fields, validate_fields
 
-__all__ = ["TASKS", "OwnLossSteps", "Predictor", "Task", "TaskConfig", "register_task", "EXTRACT_HINT",
-           "extract_command"]
+__all__ = ["TASKS", "OwnLossSteps", "Predictor", "Task", "TaskConfig", "register_task", "write_evaluation",
+           "EXTRACT_HINT", "extract_command"]
 
 TASKS = Registry("task", flag="--method")
 
@@ -83,6 +83,29 @@ def extract_command(run):
     if run.dataset_options:
         cmd += f" --dataset-options {shlex.quote(run.dataset_options)}"
     return cmd + f" --out-dir {shlex.quote(run.features_root)}", note
+
+
+def write_evaluation(out, record, header, rows):
+    """Write ``<out>/summary.json`` (``record``) and ``<out>/per_class.csv`` (``header`` + ``rows``), atomically.
+
+    ``out`` may be any ``tf.io.gfile`` path (a local folder, ``gs://``, ``ram://``).
+
+    Returns:
+        ``out`` (str).
+    """
+    import csv
+    import io
+    import json
+
+    from mll_tf.training.atomic import write_text
+
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    write_text(os.path.join(out, "summary.json"), json.dumps(record, indent=2))
+    write_text(os.path.join(out, "per_class.csv"), text.getvalue())
+    return out
 
 
 def register_task(name):

@@ -765,8 +765,10 @@ def init_classifier(model, run_dir, names):
     """
     from mll_tf.tasks import load_task
 
+    from mll_tf.data import fs
+
     path = os.path.join(run_dir, "best.keras")
-    if not os.path.exists(path):
+    if not fs.exists(path):
         raise ValueError(f"--imcl-init-from {run_dir}: no best.keras (train --method logistic first)")
     other = load_task(run_dir)
     if other.run.finetune or list(other.read_manifest("train").label_names) != list(names):
@@ -792,13 +794,15 @@ class IMCLTask(MultiLabelTask):
     resumable_fields = ("threshold", "imcl_dict_refresh_steps", "imcl_refresh")
 
     def check(self):
+        from mll_tf.data import fs
+
         super().check()
         c = self.config
         if not (c.imcl_graph in ("cooccurrence", "identity", "word_knn")
                 or (c.imcl_graph.endswith(".npz") and os.path.exists(c.imcl_graph))):
             raise ValueError(f"--imcl-graph {c.imcl_graph!r}: expected cooccurrence, identity, word_knn or "
                              f"an existing .npz written by experiments/build_label_graph.py")
-        if c.imcl_init_from and not os.path.isdir(c.imcl_init_from):
+        if c.imcl_init_from and not fs.isdir(c.imcl_init_from):
             raise ValueError(f"--imcl-init-from: no run directory {c.imcl_init_from}")
 
     def prepare(self, run_dir, resume=False):

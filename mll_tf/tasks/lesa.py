@@ -21,6 +21,8 @@ figures of four validation images every round (``tb/validation``,
 """
 
 import dataclasses
+import hashlib
+import io
 import json
 import os
 
@@ -30,7 +32,7 @@ import tensorflow as tf
 
 from mll_tf.losses.lesa_loss import LESALoss, attention_span_sum_of_squares
 from mll_tf.models.lesa import LESA
-from mll_tf.tasks.base import OwnLossSteps, Predictor, Task, TaskConfig, register_task
+from mll_tf.tasks.base import OwnLossSteps, Predictor, Task, TaskConfig, register_task, write_evaluation
 from mll_tf.training.config import option
 
 __all__ = ["AttentionExamples", "LESAConfig", "LESATask", "TrainableLESA", "attention_examples",
@@ -190,8 +192,11 @@ def load_label_split(run_dir):
     """``(LabelSplit, {name: raw word vector float32 [d_w]})`` saved in a LESA run directory."""
     from mll_tf.training.zsl_split import LabelSplit
 
+    from mll_tf.data import fs
+
     split = LabelSplit.load(os.path.join(run_dir, "label_split.json"))
-    z = np.load(os.path.join(run_dir, "label_embeddings.npz"))
+    with fs.open_file(os.path.join(run_dir, "label_embeddings.npz"), "rb") as f:
+        z = np.load(io.BytesIO(f.read()), allow_pickle=False)
     return split, dict(zip(z["names"].tolist(), z["vectors"]))
 
 
@@ -264,6 +269,7 @@ class LESATask(Task):
         :meth:`save_run_files` writes them as ``label_split.json`` and
         ``label_embeddings.npz``.
         """
+        from mll_tf.data import fs
         from mll_tf.data.word_vectors import label_embeddings, load_word_vectors
         from mll_tf.protocols import eval_k_for
         from mll_tf.training.zsl_split import choose_unseen_labels
@@ -275,7 +281,7 @@ class LESATask(Task):
         split_path = os.path.join(run_dir, "label_split.json")
         emb_path = os.path.join(run_dir, "label_embeddings.npz")
         self._to_save = None
-        if resume and os.path.exists(split_path) and os.path.exists(emb_path):
+        if resume and fs.exists(split_path) and fs.exists(emb_path):
             split, vectors = load_label_split(run_dir)
         else:
             names = manifest.label_names
@@ -422,6 +428,7 @@ class LESATask(Task):
             dict ``{"model", "gamma": {correction: float}, "val": {correction:
             figures}, ...}``, or None for a run without pseudo-unseen labels.
         """
+        from mll_tf.data import fs
         from mll_tf.metrics.hubness import HUBNESS_CORRECTIONS
         from mll_tf.training.atomic import write_json
 
@@ -430,11 +437,13 @@ class LESATask(Task):
             return None
         path = os.path.join(run_dir, "calibration.json")
         model_path = os.path.join(run_dir, f"{which}.keras")
-        stamp = os.path.getmtime(model_path) if os.path.exists(model_path) else None
-        if os.path.exists(path):
-            with open(path) as f:
-                rec = json.load(f)
-            if rec.get("model") == which and rec.get("model_mtime") == stamp:
+        stamp = None   # the model file's content, not its mtime (0 on some file systems, e.g. ram://)
+        if fs.exists(model_path):
+            with fs.open_file(model_path, "rb") as f:
+                stamp = hashlib.sha1(f.read()).hexdigest()
+        if fs.exists(path):
+            rec = json.loads(fs.read_text(path))
+            if rec.get("model") == which and rec.get("model_sha1") == stamp:
                 return rec
         model = model if model is not None else self.load_model(run_dir, which)
         seen_idx, _ = lsplit.indices(self.read_manifest("val").label_names)
@@ -442,7 +451,7 @@ class LESATask(Task):
         scores, labels = predict_logits(model, column_dataset(self.features_dir("val"), seen_idx, 256),
                                         seen_vecs)
         ks = tuple(self.config.eval_k or (3, 5))
-        rec = {"model": which, "model_mtime": stamp, "split": "val", "holdout": list(lsplit.holdout),
+        rec = {"model": which, "model_sha1": stamp, "split": "val", "holdout": list(lsplit.holdout),
                "k": list(ks), "criterion": "mean GZSL F1@K over [held-out, trained] seen labels",
                "gamma": {}, "val": {}}
         for c in HUBNESS_CORRECTIONS:
@@ -453,7 +462,9 @@ class LESATask(Task):
         return rec
 
     def on_fit_end(self, model, run_dir):
-        if self.split.holdout and os.path.exists(os.path.join(run_dir, "best.keras")):
+        from mll_tf.data import fs
+
+        if self.split.holdout and fs.exists(os.path.join(run_dir, "best.keras")):
             rec = self.calibration(run_dir, "best")
             print(f"calibrated stacking: gamma {rec['gamma']['none']:.4f} (validation, pseudo-unseen "
                   f"labels) -> {run_dir}/calibration.json")
@@ -480,8 +491,6 @@ class LESATask(Task):
         Returns:
             (summary dict, printable report).
         """
-        import csv
-
         from mll_tf.metrics.report import format_table, zsl_gzsl_report
 
         ks = tuple(k) if k else tuple(self.config.eval_k or (3, 5))
@@ -557,21 +566,16 @@ class LESATask(Task):
                     results[f"linear_embedding+{corr}+cal"] = zsl_gzsl_report(
                         calibrated_stacking(lin_c, u, lin_g[corr]), labels, u, ks)[0]
         out = out or os.path.join(run_dir, f"eval_{split}")
-        os.makedirs(out, exist_ok=True)
         model_path = os.path.join(run_dir, f"{which}.keras")
         record = {"run": run_dir, "model": model_path, "split": split, "k": list(ks), "num_unseen": u,
                   "num_seen": len(lsplit.seen), "holdout": list(lsplit.holdout), "gamma": gammas,
                   "hubness_correction": corr, "hubness": hub, "selected_on_validation": selected,
                   "results": results}
-        with open(os.path.join(out, "summary.json"), "w") as f:
-            json.dump(record, f, indent=2)
         names = lsplit.gzsl_names()
         pos, known = (labels == 1).sum(0), (labels != -1).sum(0)
-        with open(os.path.join(out, "per_class.csv"), "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["label", "set", "ap", "num_positive", "num_known"])
-            for i, n in enumerate(names):
-                w.writerow([n, "unseen" if i < u else "seen", f"{ap[i]:.6f}", int(pos[i]), int(known[i])])
+        write_evaluation(out, record, ["label", "set", "ap", "num_positive", "num_known"],
+                         [[n, "unseen" if i < u else "seen", f"{ap[i]:.6f}", int(pos[i]), int(known[i])]
+                          for i, n in enumerate(names)])
         lines = [f"{split}: {labels.shape[0]} images, {u} unseen + {len(lsplit.seen)} seen labels "
                  f"({model_path})"]
         for name, summ in results.items():

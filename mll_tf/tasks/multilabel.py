@@ -16,15 +16,13 @@ input pipelines, the validation metrics, the evaluation and inference.
   and, for attribute tables, ``acc/<attribute>``; fractions in [0, 1].
 """
 
-import csv
 import dataclasses
-import json
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from mll_tf.tasks.base import Predictor, Task, TaskConfig
+from mll_tf.tasks.base import Predictor, Task, TaskConfig, write_evaluation
 from mll_tf.training.config import option
 
 __all__ = ["MultiLabelConfig", "MultiLabelTask", "predict_logits", "read_ids_and_labels"]
@@ -219,18 +217,13 @@ class MultiLabelTask(Task):
         scores, labels = predict_logits(model, self.eval_dataset(split))
         summary, ap = partial_label_report(scores, labels, thr, groups)
         out = out or os.path.join(run_dir, f"eval_{split}")
-        os.makedirs(out, exist_ok=True)
         model_path = os.path.join(run_dir, f"{which}.keras")
         record = {"run": run_dir, "model": model_path, "split": split, "threshold": thr,
                   "method": self.name, "results": summary}
-        with open(os.path.join(out, "summary.json"), "w") as f:
-            json.dump(record, f, indent=2)
         pos, known = (labels == 1).sum(0), (labels != -1).sum(0)
-        with open(os.path.join(out, "per_class.csv"), "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["label", "ap_partial", "num_positive", "num_known"])
-            for i, n in enumerate(names):
-                w.writerow([n, "" if not np.isfinite(ap[i]) else f"{ap[i]:.6f}", int(pos[i]), int(known[i])])
+        write_evaluation(out, record, ["label", "ap_partial", "num_positive", "num_known"],
+                         [[n, "" if not np.isfinite(ap[i]) else f"{ap[i]:.6f}", int(pos[i]), int(known[i])]
+                          for i, n in enumerate(names)])
         text = (f"{split}: {labels.shape[0]} images, {len(names)} labels ({model_path}); "
                 f"{summary['num_classes_dropped']} classes without a known positive and negative dropped "
                 f"from mAP_partial\n"

@@ -32,7 +32,6 @@ keypoint windows line up with the cells.
 """
 
 import dataclasses
-import json
 import os
 
 import numpy as np
@@ -263,9 +262,9 @@ class _CAMMethod(MultiLabelTask):
             _, maps, labels = predict_cams(model, self.eval_dataset(split))
             loc = localization_metrics(maps, labels, boxes, self.config.topk)
             record["results"].update(loc)
-            out = out or os.path.join(run_dir, f"eval_{split}")
-            with open(os.path.join(out, "summary.json"), "w") as f:
-                json.dump(record, f, indent=2)
+            from mll_tf.training.atomic import write_json
+
+            write_json(os.path.join(out or os.path.join(run_dir, f"eval_{split}"), "summary.json"), record)
             text += ("\nkeypoint localisation accuracy (share of (image, present class) pairs whose keypoint is "
                      "in a box of the class): " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in loc.items()))
         return record, text

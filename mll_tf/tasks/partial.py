@@ -221,7 +221,9 @@ class PartialLabelTask(MultiLabelTask):
 
     def check(self):
         super().check()
-        if self.config.prior_path and not os.path.isfile(self.config.prior_path):
+        from mll_tf.data import fs
+
+        if self.config.prior_path and not fs.isfile(self.config.prior_path):
             raise ValueError(f"--prior-path: no file {self.config.prior_path}")
 
     def describe(self):

@@ -215,8 +215,12 @@ def load_prior_csv(path, class_names):
     path = os.fspath(path)
     where = f"load_prior_csv({path!r})"
     names = _check_class_names(class_names, where)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
+    import io
+
+    from mll_tf.data import fs
+
+    with fs.open_file(path, "rb") as f:   # any tf.io.gfile path; a BOM is dropped
+        rows = list(csv.reader(io.StringIO(f.read().decode("utf-8-sig"), newline="")))
     if not rows or tuple(rows[0]) != PRIOR_CSV_HEADER:
         got = rows[0] if rows else "an empty file"
         raise ValueError(

