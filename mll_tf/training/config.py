@@ -221,6 +221,9 @@ class RunConfig:
                                  "feature maps)", min=1)
     cache: bool = option(False, "hold the serialized training split in memory after the first pass")
     seed: int = option(0, "seed of weight initialisation, shuffling and label simulation", min=0)
+    deterministic: bool = option(False, "tf.config.experimental.enable_op_determinism(): the same results on "
+                                 "every run with the same seed, on any device (on this CPU build runs are "
+                                 "already reproducible; cost and scope in docs/training.md)")
     cpu_replicas: int = option(1, "without GPUs: split the CPU into this many MirroredStrategy replicas",
                                min=1)
     distribution: str = option("auto", "mirrored: this machine (GPUs or --cpu-replicas); multi_worker: "

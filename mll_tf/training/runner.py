@@ -100,7 +100,8 @@ RESUMABLE_RUN_FIELDS = frozenset({
     "run_dir", "features_root", "data_root", "epochs", "max_steps", "eval_every", "learning_rate",
     "weight_decay", "lr_schedule", "lr_signal", "lr_decay", "lr_patience", "lr_floor_fraction",
     "lr_warmup_fraction", "lr_div_factor", "lr_final_div_factor", "early_stopping_patience",
-    "steps_per_execution", "jit_compile", "cpu_replicas", "distribution", "data_service", "monitor", "log_every", "backup_every"})
+    "steps_per_execution", "jit_compile", "cpu_replicas", "distribution", "data_service", "monitor", "log_every",
+    "backup_every", "deterministic"})
 
 
 class RunDirectoryError(ValueError):
@@ -222,6 +223,7 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
         NonFiniteLossError: the loss became NaN or infinite.
     """
     import keras
+    import tensorflow as tf
 
     from mll_tf.data import fs
     from mll_tf.training import recipe
@@ -292,6 +294,8 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
     _save_config(task, run_dir)
     write_json(os.path.join(run_dir, "run_info.json"), run_info(config_source))
 
+    if run.deterministic:   # process-wide; ops without a deterministic kernel then raise instead of varying
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(run.seed)
     with strategy.scope(), precision_scope(policy):   # the model's layers keep the policy
         model = task.build_model()

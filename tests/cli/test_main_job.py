@@ -108,3 +108,25 @@ def test_train_on_two_cpu_replicas_in_a_fresh_process(features, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2 replica(s)" in proc.stdout
     assert (run / "best.keras").exists()
+
+
+def test_deterministic_flag_gives_the_same_run_in_a_fresh_process(features, tmp_path):
+    """--deterministic (enable_op_determinism, process-wide: hence a fresh process) changes no number on this
+    CPU build: its history equals the same command's without the flag."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    det, plain = tmp_path / "det", tmp_path / "plain"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(repo, "experiments", "train.py")] + _train_argv(features, det, 1)
+        + ["--deterministic"], capture_output=True, text=True, cwd=repo, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert train.main(_train_argv(features, plain, 1)) == 0
+
+    def history(run):
+        rows = list(csv.DictReader(open(run / "history.csv")))
+        return [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in rows]
+
+    assert "deterministic: true" in (det / "config.yaml").read_text()
+    assert history(det) == history(plain) and len(history(det)) == 1
