@@ -109,10 +109,13 @@ def main(argv=None):
     p.add_argument("--prefilter", type=int, nargs="*", default=[256],
                    help="OMP candidate pre-filter sizes M to time and to check against exact OMP "
                         "(support recall); 0 values are ignored (default 256)")
+    p.add_argument("--prefilter-dtype", nargs="*", default=["float32", "bfloat16"],
+                   choices=["float32", "bfloat16"],
+                   help="screening dtypes of the pre-filter to time and check (default both)")
     p.add_argument("--recall-batches", type=int, default=8,
                    help="batches of 32 queries for the support recall (default 8)")
     args = p.parse_args(argv)
-    prefilters = [m for m in args.prefilter if m > 0]
+    prefilters = [(m, d) for m in args.prefilter if m > 0 for d in args.prefilter_dtype]
 
     feats, labels, dict_f, dict_y, graph = _data()
     dictionary = IMCLDictionary(dict_f, dict_y)
@@ -125,14 +128,14 @@ def main(argv=None):
         dt = _time(lambda: step(feats, labels), args.warmup, args.steps)
         rows.append(("logistic", jit, dt))
 
-    for refresh, pre in [(r, 0) for r in [1] + list(args.refresh)] + [
-            (r, m) for r in [1] + list(args.refresh) for m in prefilters]:
+    for refresh, (pre, sdt) in [(r, (0, "float32")) for r in [1] + list(args.refresh)] + [
+            (r, md) for r in [1] + list(args.refresh) for md in prefilters]:
         for jit in modes:
             model = _model(graph, args.feature_map)
             step = make_imcl_train_step(
                 model, {"classifier": _rms(1e-3), "graph": _rms(0.5)}, dictionary,
                 loss=IMCLLoss(1.0, 0.5), k=args.k, threshold=1e-3,
-                dict_refresh_every=refresh, jit_compile=jit, prefilter=pre)
+                dict_refresh_every=refresh, jit_compile=jit, prefilter=pre, prefilter_dtype=sdt)
             steps = args.exact_steps if refresh == 1 else args.steps
             if refresh > 1:
                 # Time whole refresh periods when they are short enough.
@@ -146,7 +149,7 @@ def main(argv=None):
                 float(tf.reduce_sum(step._cache[2]))
                 dt += (time.perf_counter() - t0) / 2 / refresh
             name = f"imcl refresh={refresh}" if refresh > 1 else "imcl exact"
-            rows.append((name + (f" M={pre}" if pre else ""), jit, dt))
+            rows.append((name + (f" M={pre}" + (" bf16" if sdt == "bfloat16" else "") if pre else ""), jit, dt))
 
     # OMP alone on fixed (cached) inputs.
     model = _model(graph, args.feature_map)
@@ -164,12 +167,14 @@ def main(argv=None):
                                               dict_feature_sq_norms=nf),
                           jit_compile=jit, autograph=False)
         rows.append(("omp only", jit, _time(omp, args.warmup, args.steps)))
-        for m in prefilters:
-            omp_m = tf.function(lambda m=m: batched_omp(
+        for m, sdt in prefilters:
+            screen = (tf.cast(dy, sdt), tf.cast(df, sdt)) if sdt != "float32" else None
+            omp_m = tf.function(lambda m=m, sdt=sdt, screen=screen: batched_omp(
                 qy, qf, dy, df, k=args.k, lambda_label=1.0, lambda_feature=0.5, threshold=1e-3,
-                dict_label_sq_norms=ny, dict_feature_sq_norms=nf, prefilter=m),
-                jit_compile=jit, autograph=False)
-            rows.append((f"omp only M={m}", jit, _time(omp_m, args.warmup, args.steps)))
+                dict_label_sq_norms=ny, dict_feature_sq_norms=nf, prefilter=m, screen_dtype=sdt,
+                dict_screen=screen), jit_compile=jit, autograph=False)
+            rows.append((f"omp only M={m}" + (" bf16" if sdt == "bfloat16" else ""), jit,
+                         _time(omp_m, args.warmup, args.steps)))
 
     # Support recall of the pre-filter against exact OMP, on the cached dictionary of the
     # model above, for queries that are the model's own outputs on held-out random features.
@@ -178,10 +183,10 @@ def main(argv=None):
         exact_fn = tf.function(lambda a, b: batched_omp(
             a, b, dy, df, k=args.k, lambda_label=1.0, lambda_feature=0.5, threshold=1e-3,
             dict_label_sq_norms=ny, dict_feature_sq_norms=nf)[0], autograph=False)
-        pre_fns = {m: tf.function(lambda a, b, m=m: batched_omp(
+        pre_fns = {(m, sdt): tf.function(lambda a, b, m=m, sdt=sdt: batched_omp(
             a, b, dy, df, k=args.k, lambda_label=1.0, lambda_feature=0.5, threshold=1e-3,
-            dict_label_sq_norms=ny, dict_feature_sq_norms=nf, prefilter=m)[0], autograph=False)
-            for m in prefilters}
+            dict_label_sq_norms=ny, dict_feature_sq_norms=nf, prefilter=m, screen_dtype=sdt)[0],
+            autograph=False) for m, sdt in prefilters}
         hits = {m: 0 for m in prefilters}
         total = 0
         for i in range(args.recall_batches):
@@ -215,8 +220,8 @@ def main(argv=None):
     best = max((fastest / dt, name, str(j)) for name, j, dt in rows if name.startswith("imcl"))
     print(f"best IMCL vs fastest logistic: {best[0]:.3f} ({best[1]}, xla={best[2]}); "
           f"goal >= 0.25")
-    for m, rec in recall.items():
-        print(f"OMP pre-filter M={m}: support recall vs exact OMP {rec:.4f} "
+    for (m, sdt), rec in recall.items():
+        print(f"OMP pre-filter M={m} ({sdt} screen): support recall vs exact OMP {rec:.4f} "
               f"({args.recall_batches} batches of {BATCH} queries, k={args.k}; goal >= 0.99)")
     return 0
 

@@ -174,7 +174,7 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
                 lambda_label, lambda_feature, threshold, balance=False,
                 dedup_tol=1e-3, normalize_lambdas=True, ridge=1e-6,
                 dict_label_sq_norms=None, dict_feature_sq_norms=None,
-                dedup_candidates=8, prefilter=0):
+                dedup_candidates=8, prefilter=0, screen_dtype="float32", dict_screen=None):
     """Greedy joint sparse coding of IMCL (docs/imcl.md §2), batched.
 
     For each image i (row of the queries) the atoms are the dictionary entries
@@ -223,7 +223,8 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
     that term's inner products after the first step (its sign factor and
     score are 0, as in the reference).
 
-    Cost: ``k`` matmuls [B, C] x [C, N] and [B, E] x [E, N] plus O(B k^3).
+    Cost: ``k`` matmuls [B, C] x [C, N] and [B, E] x [E, N] plus O(B k^3)
+    (with ``prefilter``: one such pair, then ``k`` over the pool).
 
     Args:
         query_labels: float [B, C], the clamped predictions y_i of the batch
@@ -247,15 +248,28 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
             distance (see the near-duplicate note above; capped at N).
         prefilter: int M >= 0. 0: exact OMP over the whole dictionary. M > 0:
             candidate pre-filter: the first step's scores (above) are
-            computed for all N atoms, the M eligible atoms with the highest
-            score are kept per image (in dictionary order), and the greedy
-            steps and least-squares refits run over those M only, so steps
-            2..k cost B M (C + E) instead of B N (C + E). The first atom is
-            the exact one; later atoms are exact whenever they are among the
-            M candidates (the support recall against exact OMP is measured by
-            ``benchmarks/bench_imcl.py``). With ``balance`` the maxima of
-            steps 2..k are taken over the candidates. M >= N gives the exact
-            result (up to float32 round-off of the inner products).
+            computed for all N atoms, each image's M eligible atoms with the
+            highest score are taken, and the greedy steps and least-squares
+            refits of every image run over the batch's pool, the union of
+            those candidates padded with further atoms to ``min(B M, N)``
+            (in dictionary order), so steps 2..k cost B min(BM, N) (C + E)
+            as one dense matmul instead of B N (C + E). Each image searches
+            a superset of its own M best atoms: the first atom is the exact
+            one, later atoms are exact whenever they are in the pool (the
+            support recall against exact OMP is measured by
+            ``benchmarks/bench_imcl.py``). With ``balance`` the maxima are
+            taken over the pool. ``B M >= N`` gives the exact result (up to
+            float32 round-off of the inner products).
+        screen_dtype: ``"float32"`` or ``"bfloat16"``; with ``prefilter``,
+            the dtype of the first step's [B, N] inner products that choose
+            the M candidates (and the near-duplicate candidates). bfloat16
+            runs those two matmuls at the CPU's BF16 rate (AVX512-BF16/AMX;
+            about 2x float32 here) and rounds the scores to ~3 significant
+            digits, which can only swap candidates near the M-th score; the
+            candidates' scores, every greedy step, the duplicate check and
+            the least-squares refits stay float32.
+        dict_screen: optional ``(dict_labels, dict_features)`` already cast
+            to ``screen_dtype`` (a cached dictionary casts them once).
 
     Returns:
         Tuple ``(indices, coef_label, coef_feature, num_selected)``:
@@ -275,6 +289,9 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
     prefilter = int(prefilter)
     if prefilter < 0:
         raise ValueError(f"batched_omp: prefilter must be >= 0, got {prefilter}")
+    if screen_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"batched_omp: screen_dtype must be float32 or bfloat16, got {screen_dtype!r}")
+    screen = prefilter > 0 and screen_dtype != "float32"
     y = tf.stop_gradient(tf.cast(query_labels, tf.float32))
     f = tf.stop_gradient(tf.cast(query_features, tf.float32))
     dy = tf.stop_gradient(tf.cast(dict_labels, tf.float32))
@@ -314,12 +331,18 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
         candidates = int(dedup_candidates)
     batch = tf.shape(y)[0]
 
-    inner_f0 = _inner(f, df)                                       # [B, N]
+    if screen:   # the [B, N] inner products in bfloat16, read back as float32
+        sy, sf = dict_screen if dict_screen is not None else (tf.cast(dy, screen_dtype),
+                                                              tf.cast(df, screen_dtype))
+        inner_f0 = tf.cast(_inner(tf.cast(f, screen_dtype), tf.stop_gradient(sf)), tf.float32)
+        inner_l0 = tf.cast(_inner(tf.cast(y, screen_dtype), tf.stop_gradient(sy)), tf.float32)
+    else:
+        inner_f0 = _inner(f, df)                                   # [B, N]
+        inner_l0 = _inner(y, dy)                                   # [B, N]
     excluded = _exclusion_mask(f, df, tf.reduce_sum(tf.square(f), axis=1),
                                nf[0], inner_f0, dedup_tol, candidates)
     eligible = ~excluded
     neg_inf = tf.constant(float("-inf"), tf.float32)
-    inner_l0 = _inner(y, dy)                                       # [B, N]
     weights = (lam_l, lam_f, threshold, balance, ridge, skip_label, skip_feature)
 
     if prefilter == 0:
@@ -332,17 +355,27 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
         score0 = _scores(inner_l0, inner_f0, ny, nf, eligible, lam_l, lam_f, balance)
         score0 = tf.where(eligible, score0, neg_inf)
         _, cand = tf.math.top_k(score0, k=m)                       # [B, M]
-        cand = tf.sort(cand, axis=1)       # dictionary order: ties break as in the exact path
-        cy = tf.gather(dy, cand)                                   # [B, M, C]
-        cf = tf.gather(df, cand)                                   # [B, M, E]
+        # the batch's pool: the union of the images' candidates, padded with the first other atoms to
+        # min(B M, N) (a static size under XLA), in dictionary order (ties break as in the exact path)
+        member = tf.scatter_nd(tf.reshape(cand, [-1, 1]), tf.ones([tf.size(cand)]), tf.reshape(n, [1])) > 0
+        b_static = y.shape[0]
+        if b_static is not None and n_static is not None:
+            pool_size = min(int(b_static) * m, int(n_static))
+        else:
+            pool_size = tf.minimum(batch * m, n)
+        rank = tf.cast(member, tf.float32) * 2.0 - tf.cast(tf.range(n), tf.float32) / tf.cast(n, tf.float32)
+        pool = tf.sort(tf.math.top_k(rank, k=pool_size)[1])        # [U]
+        py, pf = tf.gather(dy, pool), tf.gather(df, pool)          # [U, C], [U, E]
+        if screen:   # the pool's first-step inner products, exact
+            p_inner_l0, p_inner_f0 = _inner(y, py), _inner(f, pf)
+        else:
+            p_inner_l0, p_inner_f0 = tf.gather(inner_l0, pool, axis=1), tf.gather(inner_f0, pool, axis=1)
         indices, coef_l, coef_f = _greedy(
-            y, f, lambda r: tf.einsum("bmc,bc->bm", cy, r), lambda r: tf.einsum("bme,be->bm", cf, r),
-            lambda i: (tf.gather(cy, i, batch_dims=1), tf.gather(cf, i, batch_dims=1)),
-            tf.gather(ny[0], cand), tf.gather(nf[0], cand), tf.gather(eligible, cand, batch_dims=1),
-            m, k, tf.gather(inner_l0, cand, batch_dims=1), tf.gather(inner_f0, cand, batch_dims=1),
-            weights)
-        indices = tf.where(indices >= 0, tf.gather(cand, tf.maximum(indices, 0), batch_dims=1),
-                           -tf.ones_like(indices))
+            y, f, lambda r: _inner(r, py), lambda r: _inner(r, pf),
+            lambda i: (tf.gather(py, i), tf.gather(pf, i)),
+            tf.gather(ny, pool, axis=1), tf.gather(nf, pool, axis=1), tf.gather(eligible, pool, axis=1),
+            pool_size, k, p_inner_l0, p_inner_f0, weights)
+        indices = tf.where(indices >= 0, tf.gather(pool, tf.maximum(indices, 0)), -tf.ones_like(indices))
     num_selected = tf.reduce_sum(tf.cast(indices >= 0, tf.int32), axis=1)
     return (tf.stop_gradient(indices), tf.stop_gradient(coef_l),
             tf.stop_gradient(coef_f), tf.stop_gradient(num_selected))
