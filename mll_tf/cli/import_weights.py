@@ -15,6 +15,17 @@ and nothing is written. The result is a run directory like a trained one
 (``config.yaml``, ``label_split.json``, ``label_embeddings.npz``,
 ``best.keras`` = ``last.keras``, plus ``imported_weights.json``), so
 ``evaluate.py``, ``infer.py`` and ``export.py`` work on it.
+
+``--source imcl_npz``: IMCL's fixed-feature model (hbdat/cvpr20_IMCL saves
+``models_ES.npz`` / ``models_final.npz`` with ``Thetas_1``, ``Thetas_f`` and
+``Gs``, one slice per experiment along the last axis; ``--experiment``
+picks it) into a ``--method imcl`` run on stored features; pass
+``--imcl-feature-map`` when the file has ``Thetas_1`` and an
+``--imcl-graph`` whose non-zero pattern holds the file's ``G``::
+
+    python evaluation/import_weights.py --source imcl_npz --method imcl --dataset openimages \
+        --features-root features --imcl-feature-map --imcl-graph graph.npz \
+        --checkpoint cvpr20_IMCL/.../models_ES.npz --run-dir runs/imcl_release
 """
 
 import json
@@ -26,7 +37,8 @@ from mll_tf.cli._flags import UsageError, cli_main, import_tensorflow_quietly
 __all__ = ["main"]
 
 PROG = "evaluation/import_weights.py"
-SOURCES = ("lesa_tf1",)
+#: --source -> the --method it imports into
+SOURCES = {"lesa_tf1": "lesa", "imcl_npz": "imcl"}
 
 
 def build_flags():
@@ -35,8 +47,12 @@ def build_flags():
     fs = train_cli.build_flags()
     fs.prog, fs.description = PROG, __doc__.strip()
     fs.section("import")
-    fs.define("checkpoint", None, "the released checkpoint (TF1 prefix, e.g. .../model.ckpt)")
-    fs.define("source", "lesa_tf1", "what the checkpoint is", choices=SOURCES)
+    fs.define("checkpoint", None, "the released checkpoint (lesa_tf1: TF1 prefix, e.g. .../model.ckpt; "
+              "imcl_npz: models_ES.npz / models_final.npz)")
+    fs.define("source", "lesa_tf1", "what the checkpoint is: lesa_tf1 into --method lesa, imcl_npz into "
+              "--method imcl", choices=tuple(SOURCES))
+    fs.define("experiment", 0, "imcl_npz: the experiment (slice of the last axis) to import", kind="int",
+              min=0)
     return fs
 
 
@@ -50,22 +66,32 @@ def _run(argv):
     if not fs.checkpoint:
         raise UsageError("--checkpoint is required")
     task, source = train_cli.resolve_task(fs)
-    if task.name != "lesa":
-        raise UsageError(f"--source {fs.source} imports into --method lesa runs, not {task.name}")
+    if task.name != SOURCES[fs.source]:
+        raise UsageError(f"--source {fs.source} imports into --method {SOURCES[fs.source]} runs, not {task.name}")
+    if task.name == "imcl" and task.run.finetune:
+        raise UsageError("--source imcl_npz imports a fixed-feature model: drop --finetune")
     run = task.run
     run.run_dir = run.run_dir or run.default_run_dir()
     run_dir = run.run_dir
     if any(os.path.exists(os.path.join(run_dir, f)) for f in ("best.keras", "last.keras")) and not fs.overwrite:
         raise UsageError(f"--run-dir: {run_dir} already holds a model; pass --overwrite or another --run-dir")
-    from mll_tf.export.import_weights import import_lesa_tf1, read_tf1_checkpoint
+    from mll_tf.export.import_weights import import_imcl_npz, import_lesa_tf1, read_tf1_checkpoint
     from mll_tf.training.atomic import save_keras_model, write_json
     from mll_tf.training.runner import _save_config
 
     task.check()
-    ckpt = read_tf1_checkpoint(fs.checkpoint)
-    task.prepare(run_dir)
-    model = task.build_model()
-    report = import_lesa_tf1(model, ckpt)   # raises before anything is written
+    if fs.source == "lesa_tf1":
+        ckpt = read_tf1_checkpoint(fs.checkpoint)
+        task.prepare(run_dir)
+        model = task.build_model()
+        report = import_lesa_tf1(model, ckpt)   # raises before anything is written
+    else:
+        if not os.path.isfile(fs.checkpoint):
+            raise UsageError(f"--checkpoint: no file {fs.checkpoint}")
+        task.prepare(run_dir)
+        model = task.build_model()
+        report = import_imcl_npz(model, fs.checkpoint, experiment=fs.experiment)
+        report.setdefault("skipped", [])
     os.makedirs(run_dir, exist_ok=True)
     task.save_run_files(run_dir)
     _save_config(task, run_dir)

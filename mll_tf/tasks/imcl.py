@@ -534,6 +534,8 @@ class IMCLConfig(MultiLabelConfig):
     imcl_prefilter: int = option(0, "OMP candidate pre-filter: exact OMP over the M dictionary entries with "
                                  "the best first greedy score per image (0: off, exact over the whole "
                                  "dictionary; docs/performance.md)", min=0)
+    imcl_feature_map: bool = option(False, "stored features: add the linear map Theta_1 before the classifier "
+                                    "(the reference's fixed-feature OpenImages model, [F, 1] Theta_1)")
     imcl_prefilter_dtype: str = option("float32", "with --imcl-prefilter: dtype of the first step's "
                                        "scores over the whole dictionary that choose the candidates "
                                        "(bfloat16: about 2x faster on CPUs with AVX512-BF16/AMX; the "
@@ -887,7 +889,8 @@ class IMCLTask(MultiLabelTask):
         c = self.config
         kw = dict(k=c.imcl_k, omp_threshold=c.imcl_threshold, use_feature_term=c.imcl_alpha_feature > 0,
                   dict_refresh_every=c.imcl_refresh, graph=self.graph, c=c.imcl_c,
-                  omp_prefilter=c.imcl_prefilter, omp_screen_dtype=c.imcl_prefilter_dtype)
+                  omp_prefilter=c.imcl_prefilter, omp_screen_dtype=c.imcl_prefilter_dtype,
+                  feature_map=c.imcl_feature_map and not self.run.finetune)
         if self.run.finetune:
             from mll_tf.backbones import build_backbone
 

@@ -177,3 +177,38 @@ def test_imcl_npz_imported_matches_numpy(tmp_path):
         import_imcl_npz(model, str(tmp_path / "models_ES.npz"), experiment=2)
     for a, b in zip(before, model.weights):
         np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_cli_imports_imcl_npz_into_a_run_that_evaluates(toy_store, tmp_path, capsys):
+    """models_ES.npz (Thetas_1, Thetas_f, Gs) -> an IMCL run on the toy store -> evaluate.py; wrong method or
+    experiment refused with one line."""
+    from evaluation import evaluate, import_weights
+    from mll_tf.tasks import load_task
+    from tests.conftest import TOY_NAMES
+
+    rng = np.random.default_rng(5)
+    d, c = 8, len(TOY_NAMES)   # toy store: [4, 8] maps, mean-pooled to 8-d
+    t1, tf_ = rng.normal(size=(d + 1, d, 2)) * 0.3, rng.normal(size=(d + 1, c, 2)) * 0.3
+    gs = np.stack([np.diag(rng.uniform(0.5, 1.5, c)) for _ in range(2)], axis=-1)   # identity pattern
+    np.savez(tmp_path / "models_ES.npz", Thetas_1=t1, Thetas_f=tf_, Gs=gs)
+    run = tmp_path / "imcl_imported"
+    args = ["--method", "imcl", "--dataset", "toy", "--backbone", "efficientnet_lite0", "--input-size", "8",
+            "--features-root", str(toy_store), "--run-dir", str(run), "--imcl-feature-map",
+            "--imcl-graph", "identity", "--source", "imcl_npz", "--checkpoint", str(tmp_path / "models_ES.npz")]
+    assert import_weights.main(args + ["--experiment", "1"]) == 0
+    task = load_task(str(run))
+    model = task.load_model(str(run))
+    f = rng.normal(size=(3, 1, d)).astype(np.float32)   # one region: pooling is the identity
+    pad = lambda a: np.concatenate([a, np.ones((len(a), 1))], 1)  # noqa: E731
+    np.testing.assert_allclose(model(f).numpy(), pad(pad(f[:, 0]) @ t1[:, :, 1]) @ tf_[:, :, 1],
+                               rtol=1e-4, atol=1e-4)
+    capsys.readouterr()
+    assert evaluate.main(["--run", str(run)]) == 0
+    assert "[imcl]" in capsys.readouterr().out
+    as_lesa = ["--method", "lesa", "--dataset", "toy", "--features-root", str(toy_store), "--input-size", "8",
+               "--run-dir", str(tmp_path / "x"), "--source", "imcl_npz", "--checkpoint", str(run / "config.yaml")]
+    assert import_weights.main(as_lesa) == 2
+    assert "--source imcl_npz imports into --method imcl runs, not lesa" in capsys.readouterr().err
+    assert import_weights.main(args + ["--run-dir", str(tmp_path / "y"), "--experiment", "2"]) == 2
+    assert "experiment 2 outside" in capsys.readouterr().err
+    assert not (tmp_path / "y" / "best.keras").exists()
