@@ -73,8 +73,9 @@ partial-labels: extract-fmnist
 	$(PY) benchmarks/partial_labels.py --features-root $(FEATURES)
 
 # README table: logistic vs IMCL on fashion_mnist_grid and the clip-art tags, 3 seeds (issue 5)
+IMCL_TABLE_ARGS ?=
 imcl-table: extract-fmnist extract
-	$(PY) benchmarks/imcl_vs_logistic.py --features-root $(FEATURES)
+	$(PY) benchmarks/imcl_vs_logistic.py --features-root $(FEATURES) $(IMCL_TABLE_ARGS)
 
 # README table: plain CAM classifier / Puzzle-CAM / OASS (Max, cMax, cTopk, cTopk-w) fine-tuning EfficientNet-Lite0
 # on scattered Fashion-MNIST, test mAP and keypoint localisation accuracy
