@@ -43,6 +43,8 @@ import zipfile
 
 import numpy as np
 
+from mll_tf.data.safe_pickle import BudgetedUnpickler
+
 __all__ = ["UnsafePickleError", "load_torch_state_dict"]
 
 #: The calls of a pickle may allocate this many times its size (+ the slack).
@@ -141,7 +143,7 @@ _ALLOWED_FUNCTIONS = {
 }
 
 
-class _RestrictedUnpickler(pickle._Unpickler):
+class _RestrictedUnpickler(BudgetedUnpickler):
     """Pure-Python unpickler that resolves only the globals of a tensor state dict.
 
     Reads from an in-memory file; the calls of the allowed globals are
@@ -150,37 +152,20 @@ class _RestrictedUnpickler(pickle._Unpickler):
     on dicts (``OrderedDict._metadata``) with a dict state.
     """
 
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch = dict(BudgetedUnpickler.dispatch)
+    ALLOCATION_FACTOR = _PICKLE_ALLOCATION_FACTOR
+    ALLOCATION_SLACK = _PICKLE_ALLOCATION_SLACK
 
     def __init__(self, file, filename):
-        super().__init__(file)
-        self.filename = filename
-        self.storages = {}
-        self._file_readline = self._strict_readline(self._file_readline)
         pos = file.tell()
         size = file.seek(0, io.SEEK_END) - pos
         file.seek(pos)
-        self.budget = _PICKLE_ALLOCATION_FACTOR * size + _PICKLE_ALLOCATION_SLACK
-        self.allocated = 0
+        super().__init__(file, size, f"refusing '{filename}'")
+        self.filename = filename
+        self.storages = {}
 
-    @staticmethod
-    def _strict_readline(readline):
-        """``readline`` that raises EOFError on a line cut short (pure-Python pickle trusts it)."""
-        def strict():
-            line = readline()
-            if not line.endswith(b"\n"):
-                raise EOFError("pickle data was truncated")
-            return line
-        return strict
-
-    def _charge(self, nbytes, what):
-        self.allocated += int(nbytes)
-        if self.allocated > self.budget:
-            raise UnsafePickleError(
-                f"refusing '{self.filename}': {what} would allocate {int(nbytes)} "
-                f"bytes, past the budget of {self.budget} bytes for this pickle "
-                f"({_PICKLE_ALLOCATION_FACTOR} x its size + "
-                f"{_PICKLE_ALLOCATION_SLACK})")
+    def refusal(self, message):
+        return UnsafePickleError(message)
 
     def _charged_call(self, func, name, *args):
         n = 0
@@ -220,17 +205,6 @@ class _RestrictedUnpickler(pickle._Unpickler):
         inst.__dict__.update(state)
 
     dispatch[pickle.BUILD[0]] = load_build
-
-    def load_bytearray8(self):
-        size, = struct.unpack("<Q", self.read(8))
-        data = self.read(size)
-        if len(data) != size:
-            raise pickle.UnpicklingError(
-                f"BYTEARRAY8 of {size} bytes, {len(data)} present")
-        self._charge(len(data), "BYTEARRAY8")
-        self.append(bytearray(data))
-
-    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
 
     def persistent_load(self, pid):
         # pid = ('storage', storage_type, key, location, numel[, view_meta])

@@ -71,12 +71,12 @@ import importlib
 import io
 import os
 import pickle
-import struct
 
 import numpy as np
 
 from mll_tf.data.adapter import PreparedDataset
 from mll_tf.data.images import decode_image
+from mll_tf.data.safe_pickle import BudgetedUnpickler
 from mll_tf.data.datasets._oi_common import (build_split_records, read_class_descriptions, utf8_text,
                                              read_human_image_labels)
 from mll_tf.data.datasets._registry import register_dataset
@@ -152,7 +152,7 @@ def _check_dtype(dtype):
     return dtype
 
 
-class RestrictedUnpickler(pickle._Unpickler):
+class RestrictedUnpickler(BudgetedUnpickler):
     """Unpickler that only rebuilds builtin containers, strings and numpy arrays, within a memory budget.
 
     Allowed globals: ``numpy.ndarray``, ``numpy.dtype``,
@@ -198,40 +198,15 @@ class RestrictedUnpickler(pickle._Unpickler):
             (``encoding="latin1"`` for Python 2 numpy pickles).
     """
 
-    ALLOCATION_FACTOR = 8
-    ALLOCATION_SLACK = 1 << 20
-
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch = dict(BudgetedUnpickler.dispatch)
 
     def __init__(self, file, *, fix_imports=True, encoding="ASCII", errors="strict"):
         data = file.read()
-        super().__init__(io.BytesIO(data), fix_imports=fix_imports, encoding=encoding,
+        super().__init__(io.BytesIO(data), len(data), "refused", fix_imports=fix_imports, encoding=encoding,
                          errors=errors)
-        self.file_size = len(data)
-        self.budget = self.ALLOCATION_FACTOR * len(data) + self.ALLOCATION_SLACK
-        self.allocated = 0
         self._own = {}   # id -> object: arrays and dtypes made here (BUILD is allowed on them)
-        self._file_readline = self._strict_readline(self._file_readline)
 
-    # -- budget ---------------------------------------------------------------
-
-    @staticmethod
-    def _strict_readline(readline):
-        """``readline`` that raises EOFError on a line cut short (pure-Python pickle trusts it)."""
-        def strict():
-            line = readline()
-            if not line.endswith(b"\n"):
-                raise EOFError("pickle data was truncated")
-            return line
-        return strict
-
-    def _charge(self, nbytes, what):
-        self.allocated += int(nbytes)
-        if self.allocated > self.budget:
-            raise pickle.UnpicklingError(
-                f"refused: {what} would allocate {int(nbytes)} bytes, past the budget of this "
-                f"{self.file_size}-byte pickle ({self.budget} bytes in all = "
-                f"{self.ALLOCATION_FACTOR} x its size + {self.ALLOCATION_SLACK})")
+    # -- budget (mll_tf.data.safe_pickle) ------------------------------------------
 
     def _charge_items(self, name, args):
         n = 0
@@ -377,17 +352,6 @@ class RestrictedUnpickler(pickle._Unpickler):
             _check_dtype(inst)
 
     dispatch[pickle.BUILD[0]] = load_build
-
-    def load_bytearray8(self):
-        size, = struct.unpack("<Q", self.read(8))
-        data = self.read(size)          # at most the bytes present (the file is in memory)
-        if len(data) != size:
-            raise pickle.UnpicklingError(f"truncated: BYTEARRAY8 of {size} bytes, {len(data)} "
-                                         "present")
-        self._charge(len(data), "BYTEARRAY8")
-        self.append(bytearray(data))
-
-    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
 
     def load(self):
         obj = super().load()
