@@ -186,6 +186,13 @@ def _resnet50_backbone(weights, input_size):
     return keras_apps.resnet50_backbone(weights=weights, input_size=input_size)
 
 
+@register_backbone("resnet50_os16")
+def _resnet50_os16_backbone(weights, input_size):
+    from mll_tf.backbones import keras_apps
+
+    return keras_apps.resnet50_os16_backbone(weights=weights, input_size=input_size)
+
+
 @register_backbone("efficientnetv2_s")
 def _efficientnetv2_s_backbone(weights, input_size):
     from mll_tf.backbones import keras_apps

@@ -10,6 +10,9 @@ These are the feature extractors of the reference methods, rebuilt from
   ``[regions, D]`` layout still holds (1 region).
 * ``resnet50``: the ResNet-50 ``conv5_block3_out`` map (stride 32, 2048
   channels; 14x14x2048 at 448), a spatial map for the attention heads.
+* ``resnet50_os16``: the same ResNet-50 and weights with the conv5 stage at
+  stride 1, output stride 16 (32x32x2048 at 512): Puzzle-CAM's backbone
+  (Jo & Yu 2021) for the OASS methods (docs/oass.md).
 * ``efficientnetv2_s`` / ``efficientnetv2_l``: the EfficientNetV2-S / -L
   ``top_activation`` map (stride 32, 1280 channels; 14x14x1280 at 448, the
   input size of Prokofiev & Sovrasov 2022, Sec. 4.1). Their preprocessing is
@@ -54,7 +57,11 @@ __all__ = [
     "WeightsUnavailableError",
     "efficientnetv2_backbone",
     "resnet101_backbone",
+    "RESNET50_CONV5_3X3",
+    "RESNET50_CONV5_STRIDED",
     "resnet50_backbone",
+    "resnet50_conv5_stride1",
+    "resnet50_os16_backbone",
     "resolve_weights",
     "vgg19_backbone",
 ]
@@ -363,6 +370,148 @@ def resnet50_backbone(weights="imagenet", input_size=(448, 448)):
             "inside the model: caffe-style RGB->BGR flip and subtraction of the BGR means "
             "(103.939, 116.779, 123.68), = keras.applications.resnet50.preprocess_input; "
             "output = conv5_block3_out (stride 32, 2048 channels)"),
+    )
+
+
+#: The two stride-2 convolutions of Keras' ResNet-50 conv5 stage, both 1x1:
+#: the first conv of the first bottleneck and its projection shortcut.
+RESNET50_CONV5_STRIDED = ("conv5_block1_0_conv", "conv5_block1_1_conv")
+#: The 3x3 convolutions of the conv5 stage ("same" padding).
+RESNET50_CONV5_3X3 = ("conv5_block1_2_conv", "conv5_block2_2_conv", "conv5_block3_2_conv")
+
+
+def _check_dilation(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def resnet50_conv5_stride1(app, dilation=1):
+    """A copy of a Keras ``ResNet50`` whose conv5 stage runs at stride 1.
+
+    Made with ``keras.models.clone_model``: the configs of
+    :data:`RESNET50_CONV5_STRIDED` get ``strides=1`` and those of
+    :data:`RESNET50_CONV5_3X3` ``dilation_rate=dilation`` (padding stays
+    "same"); then the original's weights are copied (no shape changes).
+
+    Args:
+        app: keras.Model, ``keras.applications.ResNet50(include_top=False)``
+            (``pooling=None``).
+        dilation: int >= 1, the dilation of conv5's 3x3 convs. 1 (as
+            Puzzle-CAM's ``strides=(2, 2, 2, 1)``) leaves them as they are;
+            2 is the "a trous" variant, whose output at even positions
+            equals the stride-32 output.
+
+    Returns:
+        keras.Model named ``"resnet50_os16"`` with ``app``'s input and a
+        float32 ``[B, ceil(H/16), ceil(W/16), 2048]`` output.
+
+    Raises:
+        ValueError: ``dilation`` is not an int >= 1, or ``app`` lacks the
+            expected conv5 layers (1x1 convs at stride 2, "same" 3x3 convs).
+    """
+    _check_dilation("dilation", dilation)
+    seen = set()
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if layer.name in RESNET50_CONV5_STRIDED:
+            if tuple(config["kernel_size"]) != (1, 1) or tuple(config["strides"]) != (2, 2):
+                raise ValueError(f"{layer.name}: expected a 1x1 conv at stride 2, got kernel "
+                                 f"{config['kernel_size']} stride {config['strides']}")
+            config["strides"] = (1, 1)
+            seen.add(layer.name)
+        elif layer.name in RESNET50_CONV5_3X3:
+            if tuple(config["kernel_size"]) != (3, 3) or str(config["padding"]).lower() != "same":
+                raise ValueError(f"{layer.name}: expected a 3x3 'same' conv, got kernel "
+                                 f"{config['kernel_size']} padding {config['padding']}")
+            config["dilation_rate"] = (dilation, dilation)
+            seen.add(layer.name)
+        return layer.__class__.from_config(config)
+
+    clone = keras.models.clone_model(app, clone_function=clone_layer)
+    missing = set(RESNET50_CONV5_STRIDED + RESNET50_CONV5_3X3) - seen
+    if missing:
+        raise ValueError(f"not a Keras ResNet50: no layer(s) {sorted(missing)}")
+    clone.set_weights(app.get_weights())
+    return keras.Model(clone.input, clone.output, name="resnet50_os16")
+
+
+def resnet50_os16_backbone(weights="imagenet", input_size=(448, 448), conv5_dilation=1):
+    """ResNet-50 ``conv5_block3_out`` at output stride 16, Puzzle-CAM's backbone.
+
+    Puzzle-CAM (Jo & Yu, "Puzzle-CAM: Improved localization via matching
+    partial and full features", ICIP 2021, arXiv 2101.11253; code
+    ``shjo-april/PuzzleCAM``, ``core/networks.py`` class ``Backbone``) builds
+    ``resnet.ResNet(Bottleneck, [3, 4, 6, 3], strides=(2, 2, 2, 1))`` of
+    ``core/arch_resnet/resnet.py``: layer4 (Keras' conv5) at stride 1, and
+    **not dilated** (``dilations`` keeps its default ``(1, 1, 1, 1)``). This
+    is Keras' ``ResNet50`` (the MSRA Caffe port; caffe BGR preprocessing by
+    :class:`CaffePreprocess`) with the same change, made by
+    :func:`resnet50_conv5_stride1`: ``conv5_block1_1_conv`` and the shortcut
+    ``conv5_block1_0_conv`` (the stage's only stride-2 convs, both 1x1) at
+    stride 1, same weights as ``resnet50``. Without dilation conv5's 3x3
+    convs cover half the image extent they were trained on, as in
+    Puzzle-CAM. Not as in Puzzle-CAM: its weights are torchvision's ImageNet
+    ResNet-50 (stride on the 3x3 conv in conv3/conv4, RGB mean/std input),
+    these are Keras' Caffe ResNet-50 weights; its frozen-BatchNorm mode is
+    not part of the backbone.
+
+    Args:
+        weights: ``"imagenet"`` (the same Keras file as ``resnet50``), None
+            (random init) or a path to a weight file of
+            ``keras.applications.ResNet50(include_top=False)``; see
+            :func:`resolve_weights`.
+        input_size: ``(H, W)`` in pixels, each >= 32 (default 448; Puzzle-CAM
+            and OASS train at 512 -> a 32x32 map).
+        conv5_dilation: int >= 1, the dilation of conv5's 3x3 convs: 1 (the
+            registered ``resnet50_os16``, as Puzzle-CAM) or e.g. 2 (the
+            "a trous" variant: its output at even positions equals
+            ``resnet50``'s).
+
+    Returns:
+        mll_tf.backbones.Backbone named ``"resnet50_os16"`` whose model maps
+        float32 RGB ``[B, H, W, 3]`` in [0, 255] to float32
+        ``[B, ceil(H/16), ceil(W/16), 2048]`` (>= 0, after the last ReLU);
+        28x28x2048 at 448, 32x32x2048 at 512. The inner ``"resnet50_os16"``
+        model has a ``[None, None, 3]`` input, so a clone of ``model`` on
+        another input size (``mll_tf.tasks.oass.flexible_input``) works.
+        ``resize_shorter`` is None (shorter side to the input size, then the
+        central crop).
+
+    Raises:
+        WeightsUnavailableError, FileNotFoundError, ValueError: see
+            :func:`resolve_weights`.
+        ValueError: ``conv5_dilation`` is not an int >= 1, or a side of
+            ``input_size`` is below 32.
+    """
+    from mll_tf.backbones import Backbone
+
+    _check_dilation("conv5_dilation", conv5_dilation)
+    path, provenance = resolve_weights("resnet50", weights)
+    shape = _input_shape(input_size)
+    if min(shape[:2]) < 32:
+        raise ValueError(f"input_size {tuple(input_size)}: each side must be >= 32")
+    # The inner net takes any size, so that a clone of the model on a
+    # [None, None] input (the OASS tasks' tiles and patches) runs.
+    app = keras.applications.ResNet50(include_top=False, weights=path, input_shape=(None, None, 3))
+    os16 = resnet50_conv5_stride1(app, dilation=conv5_dilation)
+    inputs = keras.Input(shape=shape, name="rgb_0_255")
+    outputs = os16(CaffePreprocess(name="caffe_preprocess")(inputs))
+    model = keras.Model(inputs, outputs, name="resnet50_os16_features")
+    conv5 = ("not dilated, as Puzzle-CAM's strides=(2, 2, 2, 1)" if conv5_dilation == 1
+             else f"dilation {conv5_dilation}")
+    return Backbone(
+        name="resnet50_os16",
+        model=model,
+        input_size=tuple(input_size),
+        feature_shape=tuple(model.output.shape[1:]),
+        weights=provenance,
+        preprocessing=(
+            "RGB in [0,255]; loader: shorter side resized to the input size, central crop; "
+            "inside the model: caffe-style RGB->BGR flip and subtraction of the BGR means "
+            "(103.939, 116.779, 123.68), = keras.applications.resnet50.preprocess_input; "
+            "output = conv5_block3_out at stride 16 (conv5_block1_0_conv and conv5_block1_1_conv "
+            f"at stride 1, conv5's 3x3 convs {conv5}), 2048 channels"),
     )
 
 

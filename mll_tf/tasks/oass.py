@@ -26,8 +26,9 @@ strategies (``val_loc_max``, ``val_loc_cmax``, ``val_loc_ctopk``,
 first validation images to ``tb/cams``.
 
 The backbone must map an ``S x S`` input to an even ``h x h`` map with
-``S = stride * h`` (EfficientNet-Lite0: S a multiple of 64, e.g. 128 -> 4x4
-cells; ResNet-50 of the registry at its stride) so that the 2x2 tiles and the
+``S = stride * h`` (EfficientNet-Lite0 and ``resnet50``: S a multiple of 64,
+e.g. 128 -> 4x4 cells; ``resnet50_os16``, Puzzle-CAM's output-stride-16
+ResNet-50: S a multiple of 32, 512 -> 32x32) so that the 2x2 tiles and the
 keypoint windows line up with the cells.
 """
 
