@@ -216,6 +216,31 @@ def _sha1(path):
         return hashlib.sha1(f.read()).hexdigest()
 
 
+def check_cache_config(path, config):
+    """Record ``config`` (a JSON-able dict) in ``path``, or check that the cache there was built with it.
+
+    Raises:
+        ValueError: naming ``path``: malformed JSON, or the options that differ (old, new).
+    """
+    if os.path.exists(path):
+        with open(path) as f:
+            try:
+                old = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: malformed JSON ({e})") from e
+        if old != config:
+            diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
+            raise ValueError(
+                f"{path}: this cache was built with other options {diff} (old, new); "
+                "delete the folder or pass another cache_dir/seed")
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(config, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
 @register_dataset("fashion_mnist_grid")
 class FashionMNISTGrid:
     """Adapter building 2x2 Fashion-MNIST composites with complete labels.
@@ -270,26 +295,6 @@ class FashionMNISTGrid:
         if not 0.0 < self.val_pool_fraction < 1.0:
             raise ValueError("fashion_mnist_grid: val_pool_fraction must be in (0, 1)")
 
-    def _check_cache_config(self, out_root, config):
-        path = os.path.join(out_root, "grid_config.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                try:
-                    old = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: malformed JSON ({e})") from e
-            if old != config:
-                diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
-                raise ValueError(
-                    f"{path}: this cache was built with other options {diff} (old, new); "
-                    "delete the folder or pass another cache_dir/seed")
-            return
-        os.makedirs(out_root, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(config, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-
     def prepare(self):
         """Read the IDX files, build and cache the composites.
 
@@ -310,7 +315,7 @@ class FashionMNISTGrid:
             "label_files_sha1": {w: _sha1(os.path.join(root, FILES[w][1])) for w in FILES},
             "num_items": {"train": int(len(tr_labels)), "test": int(len(te_labels))},
         }
-        self._check_cache_config(out_root, config)
+        check_cache_config(os.path.join(out_root, "grid_config.json"), config)
 
         splits, counts, items_per_grid = {}, {}, {}
         written = 0

@@ -33,7 +33,8 @@ import numpy as np
 from mll_tf.data.adapter import ImageRecord, PreparedDataset
 from mll_tf.data.datasets._registry import register_dataset
 from mll_tf.data.datasets.fashion_mnist_grid import (CELL, CLASS_NAMES, CLASS_NAMES_TEXT, DEFAULT_ROOT, SPLIT_IDS,
-                                                     _write_png, load_split, split_pools)
+                                                     _write_png, check_cache_config, load_split,
+                                                     split_pools)
 from mll_tf.data.images import decode_image
 
 __all__ = ["FashionMNISTScatter", "load_boxes", "scatter_image"]
@@ -161,20 +162,8 @@ class FashionMNISTScatter:
         sources = {"train": (tr_images, tr_labels, train_pool), "val": (tr_images, tr_labels, val_pool),
                    "test": (te_images, te_labels, np.arange(len(te_labels)))}
         out_root = os.path.abspath(os.path.join(self.cache_dir, str(self.seed)))
-        os.makedirs(out_root, exist_ok=True)
-        cfg_path = os.path.join(out_root, "scatter_config.json")
         config = self._config()
-        if os.path.exists(cfg_path):
-            with open(cfg_path) as f:
-                old = json.load(f)
-            if old != config:
-                diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
-                raise ValueError(f"{cfg_path}: this cache was built with other options {diff} (old, new); "
-                                 "delete the folder or pass another cache_dir/seed")
-        else:
-            with open(cfg_path + ".tmp", "w") as f:
-                json.dump(config, f, indent=1, sort_keys=True)
-            os.replace(cfg_path + ".tmp", cfg_path)
+        check_cache_config(os.path.join(out_root, "scatter_config.json"), config)
         splits, boxes_files, counts = {}, {}, {}
         for split, (images, labels, pool) in sources.items():
             d = os.path.join(out_root, split)
