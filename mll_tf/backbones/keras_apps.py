@@ -243,7 +243,8 @@ def vgg19_backbone(weights="imagenet", input_size=(224, 224)):
 
     path, provenance = resolve_weights("vgg19", weights)
     shape = _input_shape(input_size)
-    app = keras.applications.VGG19(include_top=False, weights=path, input_shape=shape)
+    # the inner net takes any size: OASS clones the backbone on tiles and patches (flexible_input)
+    app = keras.applications.VGG19(include_top=False, weights=path, input_shape=(None, None, 3))
     tap = keras.Model(app.input, app.get_layer("block5_conv4").output,
                       name="vgg19_block5_conv4")
     inputs = keras.Input(shape=shape, name="rgb_0_255")
@@ -355,7 +356,8 @@ def resnet50_backbone(weights="imagenet", input_size=(448, 448)):
 
     path, provenance = resolve_weights("resnet50", weights)
     shape = _input_shape(input_size)
-    app = keras.applications.ResNet50(include_top=False, weights=path, input_shape=shape)
+    # the inner net takes any size: OASS clones the backbone on tiles and patches (flexible_input)
+    app = keras.applications.ResNet50(include_top=False, weights=path, input_shape=(None, None, 3))
     inputs = keras.Input(shape=shape, name="rgb_0_255")
     outputs = app(CaffePreprocess(name="caffe_preprocess")(inputs))
     model = keras.Model(inputs, outputs, name="resnet50_features")
@@ -549,8 +551,8 @@ def efficientnetv2_backbone(name, weights="imagenet", input_size=(448, 448)):
     ctor = _V2[name]
     path, provenance = resolve_weights(name, weights)
     shape = _input_shape(input_size)
-    app = getattr(keras.applications, ctor)(include_top=False, weights=path, input_shape=shape,
-                                            include_preprocessing=True)
+    app = getattr(keras.applications, ctor)(include_top=False, weights=path, input_shape=(None, None, 3),
+                                            include_preprocessing=True)   # any size, as resnet50
     inputs = keras.Input(shape=shape, name="rgb_0_255")
     outputs = app(inputs)
     model = keras.Model(inputs, outputs, name=f"{name}_features")

@@ -134,3 +134,16 @@ def test_bad_weights_arguments(tmp_path):
         keras_apps.resolve_weights("vgg19", str(tmp_path / "missing.h5"))
     with pytest.raises(ValueError, match="weights"):
         keras_apps.resolve_weights("resnet101", 3)
+
+
+@pytest.mark.parametrize("name,size,cells", [("vgg19", 64, 4), ("resnet50", 64, 2), ("efficientnetv2_s", 64, 2)])
+def test_flexible_clone_runs_at_other_sizes(name, size, cells):
+    """OASS rebuilds the backbone on a [None, None] input (tiles, keypoint patches): the inner Keras app takes any
+    size, so the clone runs at half the built size, with the built size's output unchanged."""
+    from mll_tf.tasks.oass import flexible_input
+
+    bb = build_backbone(name, weights=None, input_size=size)
+    flex = flexible_input(bb.model)
+    x = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(flex(x)), np.asarray(bb.model(x)), rtol=1e-5, atol=1e-5)
+    assert np.asarray(flex(x[:, : size // 2, : size // 2])).shape[1:3] == (cells // 2, cells // 2)
