@@ -37,17 +37,17 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-@pytest.fixture
-def voc_metadata(tmp_path, no_network):
-    """A data_dir holding only voc/2007's metadata with three splits."""
+@pytest.fixture(params=["voc/2007", "voc/2012"])
+def voc_metadata(request, tmp_path, no_network):
+    """(name, data_dir holding only that VOC config's metadata with three splits): 2007 and 2012 (OASS's)."""
     data_dir = tmp_path / "tfds"
-    builder = tfds.builder("voc/2007", data_dir=str(data_dir))
+    builder = tfds.builder(request.param, data_dir=str(data_dir))
     builder.info.set_splits(tfds.core.SplitDict([
         tfds.core.SplitInfo(name=s, shard_lengths=[N], num_bytes=0)
         for s in ("train", "validation", "test")]))
     os.makedirs(builder.data_dir, exist_ok=True)
     builder.info.write_to_directory(builder.data_dir)
-    return str(data_dir)
+    return request.param, str(data_dir)
 
 
 def test_registry_tfds_names():
@@ -98,9 +98,9 @@ def test_find_label_feature():
         find_label_feature(none)
 
 
-def _expected(split):
+def _expected(split, name="voc/2007"):
     """Mocked VOC examples read independently: (multi-hot, decoded image)."""
-    ds = tfds.builder("voc/2007").as_dataset(split=split)
+    ds = tfds.builder(name).as_dataset(split=split)
     out = []
     for ex in tfds.as_numpy(ds):
         y = np.zeros(20, np.int8)
@@ -109,27 +109,28 @@ def _expected(split):
     return out
 
 
-def test_voc2007_from_mock_data(voc_metadata, tmp_path):
+def test_voc_from_mock_data(voc_metadata, tmp_path):
+    name, data_dir = voc_metadata
     cache = tmp_path / "cache"
     # keep_encoded=False: the mock's encoded-example generator cannot encode
     # VOC's Sequence-of-dict `objects` (random sub-feature lengths), so the
     # original-bytes path is tested on mnist below.
-    adapter = get_dataset("tfds:voc/2007")(root="/ignored/by/mock", cache_dir=str(cache),
-                                           keep_encoded=False)
+    adapter = get_dataset(f"tfds:{name}")(root="/ignored/by/mock", cache_dir=str(cache),
+                                          keep_encoded=False)
     with tfds.testing.mock_data(num_examples=N, policy=tfds.testing.MockPolicy.USE_FILES,
-                                data_dir=voc_metadata):
+                                data_dir=data_dir):
         prepared = adapter.prepare()
-        expected = {s: _expected(s) for s in ("train", "validation", "test")}
+        expected = {s: _expected(s, name) for s in ("train", "validation", "test")}
         again = adapter.prepare()
 
-    assert prepared.name == "tfds:voc/2007"
+    assert prepared.name == f"tfds:{name}"
     assert prepared.label_names == VOC_LABELS
     assert set(prepared.splits) == {"train", "val", "test"}
     assert {s: len(r) for s, r in prepared.splits.items()} == {"train": N, "val": N, "test": N}
     assert prepared.skipped == {}
     assert prepared.load_image is decode_image
     extra = prepared.extra
-    assert extra["source"] == "tfds" and extra["tfds_name"] == "voc/2007"
+    assert extra["source"] == "tfds" and extra["tfds_name"] == name
     assert extra["tfds_version"] == "5.0.0"
     assert extra["label_feature"] == "objects/label"
     assert extra["split_map"] == {"train": "train", "validation": "val", "test": "test"}
@@ -142,7 +143,7 @@ def test_voc2007_from_mock_data(voc_metadata, tmp_path):
         for rec, (y, image) in zip(records, expected[tfds_split]):
             assert rec.labels.dtype == np.int8
             np.testing.assert_array_equal(rec.labels, y)
-            assert rec.path.startswith(str(cache / "voc_2007" / "5.0.0" / tfds_split))
+            assert rec.path.startswith(str(cache / name.replace("/", "_") / "5.0.0" / tfds_split))
             from PIL import Image
             with Image.open(rec.path) as im:
                 np.testing.assert_array_equal(np.asarray(im.convert("RGB")), image)
