@@ -258,8 +258,10 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
             one, later atoms are exact whenever they are in the pool (the
             support recall against exact OMP is measured by
             ``benchmarks/bench_imcl.py``). With ``balance`` the maxima are
-            taken over the pool. ``B M >= N`` gives the exact result (up to
-            float32 round-off of the inner products).
+            taken over the pool. With static shapes and ``B M >= N`` the
+            pool would be the whole dictionary and exact OMP runs (no
+            screening); with a dynamic batch size the pool then covers the
+            dictionary, which gives the same result.
         screen_dtype: ``"float32"`` or ``"bfloat16"``; with ``prefilter``,
             the dtype of the first step's [B, N] inner products that choose
             the M candidates (and the near-duplicate candidates). bfloat16
@@ -291,7 +293,7 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
         raise ValueError(f"batched_omp: prefilter must be >= 0, got {prefilter}")
     if screen_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"batched_omp: screen_dtype must be float32 or bfloat16, got {screen_dtype!r}")
-    screen = prefilter > 0 and screen_dtype != "float32"
+
     y = tf.stop_gradient(tf.cast(query_labels, tf.float32))
     f = tf.stop_gradient(tf.cast(query_features, tf.float32))
     dy = tf.stop_gradient(tf.cast(dict_labels, tf.float32))
@@ -307,6 +309,10 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
         if a is not None and b is not None and a != b:
             raise ValueError(f"batched_omp: {what} differs: {a} vs {b}")
 
+    if prefilter and y.shape[0] is not None and dy.shape[0] is not None \
+            and int(y.shape[0]) * prefilter >= int(dy.shape[0]):
+        prefilter = 0   # the pool would be the whole dictionary: exact OMP, without the screening
+    screen = prefilter > 0 and screen_dtype != "float32"
     skip_label = _is_static_zero(lambda_label)
     skip_feature = _is_static_zero(lambda_feature)
     lam_l = tf.cast(lambda_label, tf.float32)
@@ -363,8 +369,12 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
             pool_size = min(int(b_static) * m, int(n_static))
         else:
             pool_size = tf.minimum(batch * m, n)
-        rank = tf.cast(member, tf.float32) * 2.0 - tf.cast(tf.range(n), tf.float32) / tf.cast(n, tf.float32)
-        pool = tf.sort(tf.math.top_k(rank, k=pool_size)[1])        # [U]
+        # the members, then the first non-members in dictionary order, to pool_size; O(N), no sort
+        member_i = tf.cast(member, tf.int32)
+        spare = pool_size - tf.reduce_sum(member_i)
+        keep = member | (tf.cumsum(1 - member_i, exclusive=True) < spare)
+        slot = tf.where(keep, tf.cumsum(tf.cast(keep, tf.int32), exclusive=True), pool_size)
+        pool = tf.scatter_nd(slot[:, None], tf.range(n), tf.reshape(pool_size + 1, [1]))[:pool_size]   # [U]
         py, pf = tf.gather(dy, pool), tf.gather(df, pool)          # [U, C], [U, E]
         if screen:   # the pool's first-step inner products, exact
             p_inner_l0, p_inner_f0 = _inner(y, py), _inner(f, pf)

@@ -33,6 +33,19 @@ def test_prefilter_pool_covering_the_dictionary_equals_exact(m, balance, screen)
 
 
 @pytest.mark.parametrize("screen", ["float32", "bfloat16"])
+def test_pool_covering_the_dictionary_with_a_dynamic_batch_equals_exact(screen):
+    """A batch size unknown when traced: the pool path runs and, 6 x 7 >= 40, covers the dictionary."""
+    qy, qf, dy, df = _random_problem(seed=5)
+    kw = dict(k=3, lambda_label=1.0, lambda_feature=0.5, threshold=1e-6)
+    spec = [tf.TensorSpec([None, qy.shape[1]], tf.float32), tf.TensorSpec([None, qf.shape[1]], tf.float32)]
+    fn = tf.function(lambda a, b: batched_omp(a, b, dy, df, prefilter=7, screen_dtype=screen, **kw),
+                     input_signature=spec)
+    got, exact = fn(qy, qf), batched_omp(qy, qf, dy, df, **kw)
+    np.testing.assert_array_equal(got[0].numpy(), exact[0].numpy())
+    np.testing.assert_allclose(got[1].numpy(), exact[1].numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("screen", ["float32", "bfloat16"])
 def test_planted_support_recovered_with_few_candidates(screen):
     """Queries built from 3 planted atoms of a 500-atom dictionary: M = 20 candidates find them all."""
     rng = np.random.default_rng(1)
@@ -76,8 +89,9 @@ def test_prefilter_one_candidate_per_image_searches_the_batch_pool():
 def test_prefilter_traces_under_xla_and_rejects_negative():
     qy, qf, dy, df = _random_problem(seed=4)
     kw = dict(k=2, lambda_label=1.0, lambda_feature=0.5, threshold=1e-6)
-    fn = tf.function(lambda: batched_omp(qy, qf, dy, df, prefilter=8, **kw), jit_compile=True)
-    np.testing.assert_array_equal(fn()[0].numpy(), batched_omp(qy, qf, dy, df, prefilter=8, **kw)[0].numpy())
+    # 6 images x 3 candidates < 40 atoms: the pool path (scatter of the pool, static sizes) under XLA
+    fn = tf.function(lambda: batched_omp(qy, qf, dy, df, prefilter=3, **kw), jit_compile=True)
+    np.testing.assert_array_equal(fn()[0].numpy(), batched_omp(qy, qf, dy, df, prefilter=3, **kw)[0].numpy())
     with pytest.raises(ValueError, match="prefilter"):
         batched_omp(qy, qf, dy, df, prefilter=-1, **kw)
     with pytest.raises(ValueError, match="screen_dtype"):
