@@ -352,17 +352,22 @@ def resnet50_backbone(weights="imagenet", input_size=(448, 448)):
         WeightsUnavailableError, FileNotFoundError, ValueError: see
             :func:`resolve_weights`.
     """
-    from mll_tf.backbones import Backbone
-
     path, provenance = resolve_weights("resnet50", weights)
-    shape = _input_shape(input_size)
     # the inner net takes any size: OASS clones the backbone on tiles and patches (flexible_input)
     app = keras.applications.ResNet50(include_top=False, weights=path, input_shape=(None, None, 3))
+    return _resnet50_backbone("resnet50", app, input_size, provenance,
+                              "output = conv5_block3_out (stride 32, 2048 channels)")
+
+
+def _resnet50_backbone(name, net, input_size, provenance, output):
+    """A Backbone ``name``: RGB [0, 255] -> caffe preprocessing -> ``net`` (a ResNet-50 trunk)."""
+    from mll_tf.backbones import Backbone
+
+    shape = _input_shape(input_size)
     inputs = keras.Input(shape=shape, name="rgb_0_255")
-    outputs = app(CaffePreprocess(name="caffe_preprocess")(inputs))
-    model = keras.Model(inputs, outputs, name="resnet50_features")
+    model = keras.Model(inputs, net(CaffePreprocess(name="caffe_preprocess")(inputs)), name=f"{name}_features")
     return Backbone(
-        name="resnet50",
+        name=name,
         model=model,
         input_size=tuple(input_size),
         feature_shape=tuple(model.output.shape[1:]),
@@ -370,8 +375,7 @@ def resnet50_backbone(weights="imagenet", input_size=(448, 448)):
         preprocessing=(
             "RGB in [0,255]; loader: shorter side resized to the input size, central crop; "
             "inside the model: caffe-style RGB->BGR flip and subtraction of the BGR means "
-            "(103.939, 116.779, 123.68), = keras.applications.resnet50.preprocess_input; "
-            "output = conv5_block3_out (stride 32, 2048 channels)"),
+            "(103.939, 116.779, 123.68), = keras.applications.resnet50.preprocess_input; " + output),
     )
 
 
@@ -486,8 +490,6 @@ def resnet50_os16_backbone(weights="imagenet", input_size=(448, 448), conv5_dila
         ValueError: ``conv5_dilation`` is not an int >= 1, or a side of
             ``input_size`` is below 32.
     """
-    from mll_tf.backbones import Backbone
-
     _check_dilation("conv5_dilation", conv5_dilation)
     path, provenance = resolve_weights("resnet50", weights)
     shape = _input_shape(input_size)
@@ -497,24 +499,12 @@ def resnet50_os16_backbone(weights="imagenet", input_size=(448, 448), conv5_dila
     # [None, None] input (the OASS tasks' tiles and patches) runs.
     app = keras.applications.ResNet50(include_top=False, weights=path, input_shape=(None, None, 3))
     os16 = resnet50_conv5_stride1(app, dilation=conv5_dilation)
-    inputs = keras.Input(shape=shape, name="rgb_0_255")
-    outputs = os16(CaffePreprocess(name="caffe_preprocess")(inputs))
-    model = keras.Model(inputs, outputs, name="resnet50_os16_features")
     conv5 = ("not dilated, as Puzzle-CAM's strides=(2, 2, 2, 1)" if conv5_dilation == 1
              else f"dilation {conv5_dilation}")
-    return Backbone(
-        name="resnet50_os16",
-        model=model,
-        input_size=tuple(input_size),
-        feature_shape=tuple(model.output.shape[1:]),
-        weights=provenance,
-        preprocessing=(
-            "RGB in [0,255]; loader: shorter side resized to the input size, central crop; "
-            "inside the model: caffe-style RGB->BGR flip and subtraction of the BGR means "
-            "(103.939, 116.779, 123.68), = keras.applications.resnet50.preprocess_input; "
-            "output = conv5_block3_out at stride 16 (conv5_block1_0_conv and conv5_block1_1_conv "
-            f"at stride 1, conv5's 3x3 convs {conv5}), 2048 channels"),
-    )
+    return _resnet50_backbone(
+        "resnet50_os16", os16, input_size, provenance,
+        "output = conv5_block3_out at stride 16 (conv5_block1_0_conv and conv5_block1_1_conv "
+        f"at stride 1, conv5's 3x3 convs {conv5}), 2048 channels")
 
 
 _V2 = {"efficientnetv2_s": "EfficientNetV2S", "efficientnetv2_l": "EfficientNetV2L"}
