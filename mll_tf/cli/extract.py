@@ -88,13 +88,14 @@ def report_attributes(prepared, out_dir):
     from mll_tf.data.datasets.attributes_csv import (class_distribution, format_distribution,
                                                      plot_class_distribution)
 
-    os.makedirs(out_dir, exist_ok=True)
-    for split in prepared.splits:
+    from mll_tf.training.atomic import atomic_path, write_text
+
+    for split in prepared.splits:   # out_dir may be any tf.io.gfile path, as the store
         df = class_distribution(prepared, split)
         print(f"class distribution per attribute, {split} split:\n{format_distribution(df)}")
-        df.to_csv(os.path.join(out_dir, f"class_distribution_{split}.csv"), index=False)
-        plot_class_distribution(df, os.path.join(out_dir, f"class_distribution_{split}.png"),
-                                title=f"{prepared.name} {split}")
+        write_text(os.path.join(out_dir, f"class_distribution_{split}.csv"), df.to_csv(index=False))
+        with atomic_path(os.path.join(out_dir, f"class_distribution_{split}.png"), suffix=".png") as tmp:
+            plot_class_distribution(df, tmp, title=f"{prepared.name} {split}")
     over = prepared.extra.get("oversampling")
     if over:
         print(f"oversampling (train, to {over['oversample_to']} per class, {over['copies']} copies added): "
