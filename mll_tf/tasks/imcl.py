@@ -844,6 +844,9 @@ class IMCLTask(MultiLabelTask):
                 or (c.imcl_graph.endswith(".npz") and os.path.exists(c.imcl_graph))):
             raise ValueError(f"--imcl-graph {c.imcl_graph!r}: expected cooccurrence, identity, word_knn or "
                              f"an existing .npz written by experiments/build_label_graph.py")
+        if c.imcl_prefilter_dtype != "float32" and not c.imcl_prefilter:
+            raise ValueError(f"--imcl-prefilter-dtype {c.imcl_prefilter_dtype}: applies to the pre-filter; "
+                             f"pass --imcl-prefilter M as well")
         if c.imcl_init_from and not fs.isdir(c.imcl_init_from):
             raise ValueError(f"--imcl-init-from: no run directory {c.imcl_init_from}")
 

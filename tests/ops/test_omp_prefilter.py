@@ -120,3 +120,11 @@ def test_imcl_task_with_prefilter_at_dictionary_size_equals_exact(toy_store, tmp
     for a, b in zip(rows[0], rows[64]):
         for key in ("logistic", "colab", "num_selected"):
             np.testing.assert_allclose(float(b[key]), float(a[key]), rtol=1e-4, err_msg=key)
+
+
+def test_screen_dtype_without_prefilter_is_refused(toy_store, tmp_path):
+    from tests.helpers import toy_task
+
+    task = toy_task(toy_store, tmp_path, "imcl", task=dict(imcl_prefilter_dtype="bfloat16"))
+    with pytest.raises(ValueError, match="--imcl-prefilter-dtype bfloat16: applies to the pre-filter"):
+        task.check()
