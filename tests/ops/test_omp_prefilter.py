@@ -112,11 +112,11 @@ def test_imcl_task_with_prefilter_at_dictionary_size_equals_exact(toy_store, tmp
     for m in (0, 64):
         task = toy_task(toy_store, tmp_path, "imcl", run_name=f"imcl_m{m}", epochs=2,
                         task=dict(imcl_dict_size=64, imcl_k=2, imcl_prefilter=m, imcl_refresh=refresh,
-                                  imcl_prefilter_dtype=screen))
+                                  imcl_prefilter_dtype=screen if m else "float32"))
         task.fit(verbose=0)
         rows[m] = list(csv.DictReader(open(f"{task.run.run_dir}/history.csv")))
         model = keras.models.load_model(f"{task.run.run_dir}/best.keras")
-        assert (model.omp_prefilter, model.omp_screen_dtype) == (m, screen)   # the flags reached OMP
+        assert (model.omp_prefilter, model.omp_screen_dtype) == (m, screen if m else "float32")   # the flags reached OMP
     for a, b in zip(rows[0], rows[64]):
         for key in ("logistic", "colab", "num_selected"):
             np.testing.assert_allclose(float(b[key]), float(a[key]), rtol=1e-4, err_msg=key)
