@@ -54,7 +54,7 @@ demo-repeat: extract
 	  --runs-root runs/demo_repeat --train-args="$(DEMO_REPEAT_ARGS)"
 
 test: install
-	$(PY) -m pytest -q -ra --durations=10 -n 2 --dist loadfile
+	$(PY) -m pytest -q -ra --durations=10 -n 2 --dist loadfile -p no:unraisableexception
 
 benchmarks: install
 	$(PY) benchmarks/bench_metrics.py

@@ -16,7 +16,21 @@ try:
 except RuntimeError:  # devices already initialised by another plugin
     pass
 
+import gc  # noqa: E402
+
+import keras  # noqa: E402, F401
 import pytest  # noqa: E402
+
+# Python's full (generation-2) garbage collections, not the tests, made this suite slow and its timings
+# erratic: with the hundreds of thousands of objects a TensorFlow process holds, one takes >= 1 s, and with
+# TF graph objects in the garbage single collections took 6-36 s in tests/tasks/test_partial.py alone and up
+# to 200 s in a whole run (measured with gc.callbacks). The objects alive after the imports are frozen out
+# of the collector and automatic full collections are left out; the young generations still collect most
+# garbage (a worker then peaks at about 8 GB). `make test` also drops pytest's unraisableexception plugin,
+# whose clean-up forces full collections.
+gc.collect()
+gc.freeze()
+gc.set_threshold(700, 10, 10 ** 9)
 
 _STRATEGIES = {}
 
