@@ -147,6 +147,17 @@ class PuzzleCAMModel(keras.Model):
             class) or ``"owner"`` (the keypoint's class).
         head_lr_multiplier: float, the classifier's gradient is multiplied by
             this (Puzzle-CAM's 10x lr group; exact for momentum-free SGD).
+        param_groups: ``"none"`` or ``"puzzle_cam"``: Puzzle-CAM's four
+            parameter groups (``tools/ai/optim_utils.py::PolyOptimizer`` with
+            ``get_parameter_groups``): backbone weights and BN gamma at 1x
+            with L2, backbone biases and BN beta at 2x without, the classifier
+            at 10x with L2. Each group's rate multiplier k and coupled L2 are
+            applied to the gradient, ``g <- k (g + l2 w)`` (PyTorch SGD's
+            ``weight_decay``), which equals per-group learning rates for SGD
+            without momentum (the reference's effective momentum is 1e-4).
+            ``head_lr_multiplier`` must then stay 1.
+        l2: float >= 0, the coupled L2 coefficient of ``param_groups``
+            (Puzzle-CAM: 1e-4).
         seed: int, seed of the patch subset.
 
     Call:
@@ -156,7 +167,8 @@ class PuzzleCAMModel(keras.Model):
     def __init__(self, backbone, num_classes, method="oass", keypoints="cmax", topk=3, alpha_re=3.0,
                  alpha_schedule_re=0.05, total_steps=1, alpha_p=0.5, csi_weight=1.0, patch_cells=0,
                  patches_per_image=2, teacher="auto", ema_decay=0.999, ema_warmup=True, ema_bn="ema",
-                 max_channels="positives", head_lr_multiplier=1.0, seed=0, **kwargs):
+                 max_channels="positives", head_lr_multiplier=1.0, param_groups="none", l2=0.0, seed=0,
+                 **kwargs):
         super().__init__(**kwargs)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -173,6 +185,14 @@ class PuzzleCAMModel(keras.Model):
         self.teacher_mode, self.ema_decay, self.ema_warmup = teacher, float(ema_decay), bool(ema_warmup)
         self.ema_bn, self.max_channels = ema_bn, max_channels
         self.head_lr_multiplier, self.seed = float(head_lr_multiplier), int(seed)
+        if param_groups not in ("none", "puzzle_cam"):
+            raise ValueError(f"--param-groups: {param_groups!r} is not one of none, puzzle_cam")
+        if param_groups == "puzzle_cam" and self.head_lr_multiplier != 1.0:
+            raise ValueError("--head-lr-multiplier: leave it at 1 with --param-groups puzzle_cam (the "
+                             "classifier's group is 10x there)")
+        if l2 < 0:
+            raise ValueError(f"--l2 {l2}: must be >= 0")
+        self.param_groups, self.l2 = param_groups, float(l2)
         self.uses_ema = method == "oass" and (teacher == "ema" or (teacher == "auto" and keypoints != "max"))
         if self.uses_ema:
             self.teacher_backbone = keras.models.clone_model(backbone)
@@ -324,7 +344,9 @@ class PuzzleCAMModel(keras.Model):
             reg = tf.add_n(self.losses) / ctx.num_replicas_in_sync if self.losses else 0.0
             scaled = self.optimizer.scale_loss(total + reg)
         grads = tape.gradient(scaled, variables)
-        if self.head_lr_multiplier != 1.0:
+        if self.param_groups == "puzzle_cam":
+            grads = self._group_gradients(grads, variables)
+        elif self.head_lr_multiplier != 1.0:
             head = {id(v) for v in self.classifier.trainable_variables}
             grads = [g * self.head_lr_multiplier if id(v) in head and g is not None else g
                      for g, v in zip(grads, variables)]
@@ -332,6 +354,38 @@ class PuzzleCAMModel(keras.Model):
         if self.uses_ema:
             self.update_teacher(ema_momentum(self.optimizer.iterations - 1, self.ema_decay, self.ema_warmup))
         return self._log(total, terms, ctx)
+
+    def parameter_groups(self):
+        """``[(variable, lr multiplier, l2 applies)]`` of Puzzle-CAM's groups over the trainable variables.
+
+        Groups (``abc_modules.get_parameter_groups``): 0 backbone weights (kernels
+        and BN gamma) 1x with L2; 1 backbone biases (BN beta, conv biases) 2x
+        without; 2 classifier weights 10x with L2; 3 classifier biases 20x
+        without (none: the classifier is bias-free).
+        """
+        head = {id(v) for v in self.classifier.trainable_variables}
+        out = []
+        for v in self.trainable_variables:
+            name = v.path.split("/")[-1]
+            bias = name in ("bias", "beta") or name.endswith(("_bias", "_beta"))
+            k = (20.0 if bias else 10.0) if id(v) in head else (2.0 if bias else 1.0)
+            out.append((v, k, not bias))
+        return out
+
+    def _group_gradients(self, grads, variables):
+        """``g <- k (g + l2 w)`` per variable (see ``param_groups``); replicas add their gradients, so
+        each adds ``l2 w / replicas``."""
+        groups = {id(v): (k, decay) for v, k, decay in self.parameter_groups()}
+        n = tf.distribute.get_replica_context().num_replicas_in_sync
+        out = []
+        for g, v in zip(grads, variables):
+            k, decay = groups.get(id(v), (1.0, False))
+            if g is not None:
+                if decay and self.l2 > 0:
+                    g = g + tf.cast(self.l2 / n, g.dtype) * tf.cast(v.value, g.dtype)
+                g = g * k if k != 1.0 else g
+            out.append(g)
+        return out
 
     def _log(self, total, terms, ctx):
         out = {}
@@ -365,7 +419,8 @@ class PuzzleCAMModel(keras.Model):
                 "patch_cells": self.patch_cells, "patches_per_image": self.patches_per_image,
                 "teacher": self.teacher_mode, "ema_decay": self.ema_decay, "ema_warmup": self.ema_warmup,
                 "ema_bn": self.ema_bn, "max_channels": self.max_channels,
-                "head_lr_multiplier": self.head_lr_multiplier, "seed": self.seed}
+                "head_lr_multiplier": self.head_lr_multiplier, "param_groups": self.param_groups,
+                "l2": self.l2, "seed": self.seed}
 
     @classmethod
     def from_config(cls, config):

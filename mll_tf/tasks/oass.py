@@ -73,6 +73,11 @@ class OASSConfig(MultiLabelConfig):
                                choices=("positives", "owner"))
     head_lr_multiplier: float = option(1.0, "classifier gradient multiplier (Puzzle-CAM: 10 with SGD)",
                                        min=0.0)
+    param_groups: str = option("none", "puzzle_cam: Puzzle-CAM's parameter groups (backbone weights x1 with "
+                               "--l2, backbone biases / BN beta x2 without, classifier x10 with --l2), applied "
+                               "to the gradients; use with --optimizer sgd --sgd-momentum 0 --lr-schedule poly",
+                               choices=("none", "puzzle_cam"))
+    l2: float = option(0.0, "coupled L2 of --param-groups puzzle_cam (g += l2 * w; Puzzle-CAM: 1e-4)", min=0.0)
     cam_images: int = option(4, "validation images drawn with their CAMs and keypoints in TensorBoard each "
                              "round (0: none)", min=0)
 
@@ -192,6 +197,12 @@ class _CAMMethod(MultiLabelTask):
     def check(self):
         super().check()
         self._weights()
+        c = self.config
+        if c.param_groups == "puzzle_cam" and c.head_lr_multiplier != 1.0:
+            raise ValueError(f"--head-lr-multiplier {c.head_lr_multiplier}: leave it at 1 with --param-groups "
+                             f"puzzle_cam (the classifier's group is 10x there)")
+        if c.l2 > 0 and c.param_groups == "none":
+            raise ValueError(f"--l2 {c.l2}: applies to --param-groups puzzle_cam (use --weight-decay otherwise)")
 
     def prepare(self, run_dir, resume=False):
         super().prepare(run_dir, resume)
@@ -220,7 +231,8 @@ class _CAMMethod(MultiLabelTask):
             total_steps=r.total_steps(self.num_train_examples), alpha_p=c.alpha_p, csi_weight=c.csi_weight,
             patch_cells=c.patch_cells, patches_per_image=c.patches_per_image, teacher=c.teacher,
             ema_decay=c.teacher_decay, ema_warmup=c.teacher_warmup, ema_bn=c.teacher_bn,
-            max_channels=c.max_channels, head_lr_multiplier=c.head_lr_multiplier, seed=r.seed)
+            max_channels=c.max_channels, head_lr_multiplier=c.head_lr_multiplier,
+            param_groups=c.param_groups, l2=c.l2, seed=r.seed)
         model.build((None, r.input_size, r.input_size, 3))
         if model.uses_ema:
             model.copy_to_teacher()

@@ -175,13 +175,18 @@ class RunConfig:
     # --- optimisation
     optimizer: str = option("adam", "optimizer", choices=_optimizer_names)
     learning_rate: float = option(1e-4, "initial learning rate", min=0.0, min_exclusive=True)
+    sgd_momentum: float = option(0.9, "sgd: momentum (0: plain SGD, as Puzzle-CAM's optimizer effectively "
+                                 "is)", min=0.0, max=0.999)
     sgd_nesterov: bool = option(True, "sgd: Nesterov momentum (--nosgd-nesterov: the classical momentum 0.9 "
                                 "of PyTorch's SGD, as DOR-ML)")
     weight_decay: float = option(0.0, "sgd, adamw: decoupled weight decay (w -= lr * wd * w; never on "
                                  "biases / norm parameters / other variables of <= 1 dimension)", min=0.0)
     lr_schedule: str = option("constant", "constant | adaptive (LESA/IMCL LearningRate.adapt: EMA of the "
                               "monitored metric, decay on a drop) | one_cycle (cosine one-cycle over the run, "
-                              "peak --learning-rate)", choices=("constant", "adaptive", "one_cycle"))
+                              "peak --learning-rate) | poly (lr * (1 - t/T)^--lr-poly-power over the run's T "
+                              "steps, Puzzle-CAM's PolyOptimizer)",
+                              choices=("constant", "adaptive", "one_cycle", "poly"))
+    lr_poly_power: float = option(0.9, "poly: the exponent", min=0.0, min_exclusive=True)
     lr_warmup_fraction: float = option(0.2, "one_cycle: fraction of the steps rising to the peak "
                                        "(pct_start)", min=0.0, max=0.999)
     lr_div_factor: float = option(100.0, "one_cycle: the first rate is --learning-rate / this", min=1.0)

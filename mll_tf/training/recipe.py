@@ -76,9 +76,10 @@ def check_recipe(task):
         raise ValueError("--sam-adaptive: needs --sam-rho > 0 (e.g. --sam-rho 0.05)")
     own = getattr(task, "own_optimizers", "")
     if own:
-        for flag, on in (("--ema-decay", run.ema_decay > 0), ("--lr-schedule one_cycle",
-                                                              run.lr_schedule == "one_cycle"),
-                         ("--weight-decay", run.weight_decay > 0 and run.optimizer == "sgd")):
+        for flag, on in (("--ema-decay", run.ema_decay > 0),
+                         (f"--lr-schedule {run.lr_schedule}", run.lr_schedule in ("one_cycle", "poly")),
+                         ("--weight-decay", run.weight_decay > 0 and run.optimizer == "sgd"),
+                         ("--sgd-momentum", run.optimizer == "sgd" and run.sgd_momentum != 0.9)):
             if on:
                 raise ValueError(f"{flag}: not available for --method {name} ({own})")
     if (run.mixup > 0 or run.cutmix > 0) and not getattr(task, "supports_soft_targets", False):
@@ -88,6 +89,8 @@ def check_recipe(task):
         raise ValueError("--cutmix: cuts image boxes, so it needs --finetune (stored features: use --mixup)")
     if run.mixup > 0 and run.cutmix > 0:
         raise ValueError("--mixup and --cutmix exclude each other (the reference applies one of them)")
+    if run.sgd_momentum != 0.9 and run.optimizer != "sgd":
+        raise ValueError(f"--sgd-momentum: applies to --optimizer sgd, not {run.optimizer}")
     if run.weight_decay > 0 and run.optimizer not in ("sgd", "adamw"):
         raise ValueError(f"--weight-decay: applies to --optimizer sgd or adamw, not {run.optimizer}")
 
@@ -112,10 +115,14 @@ def decay_exclusions(variables):
 def build_run_optimizer(run, total_steps, variables):
     """The compiled optimizer of a run: ``--optimizer`` with the recipe's schedule, EMA and decay.
 
-    * ``sgd`` has momentum 0.9, Nesterov unless ``--nosgd-nesterov``;
+    * ``sgd`` has momentum ``--sgd-momentum`` (0.9), Nesterov unless
+      ``--nosgd-nesterov``;
     * the learning rate is ``--learning-rate``, or with ``--lr-schedule
       one_cycle`` a :class:`~mll_tf.training.schedules.OneCycle` over
-      ``total_steps`` peaking at ``--learning-rate``;
+      ``total_steps`` peaking at ``--learning-rate``, or with ``poly``
+      ``lr * (1 - t / total_steps) ** --lr-poly-power`` at the step count t
+      before the update (Keras ``PolynomialDecay`` to 0; Puzzle-CAM's
+      ``tools/ai/optim_utils.py::PolyOptimizer``);
     * ``--ema-decay D > 0``: Keras' ``use_ema=True, ema_momentum=D`` (after
       every update ``avg = D * avg + (1 - D) * w``; the first update copies w);
     * ``--weight-decay W``: Keras' decoupled decay ``w -= lr * W * w`` for
@@ -139,14 +146,21 @@ def build_run_optimizer(run, total_steps, variables):
     if run.lr_schedule == "one_cycle":
         lr = OneCycle(run.learning_rate, total_steps, warmup_fraction=run.lr_warmup_fraction,
                       div_factor=run.lr_div_factor, final_div_factor=run.lr_final_div_factor)
+    elif run.lr_schedule == "poly":
+        lr = keras.optimizers.schedules.PolynomialDecay(run.learning_rate, max(int(total_steps), 1), 0.0,
+                                                        power=run.lr_poly_power)
     wd = run.weight_decay if run.optimizer in ("sgd", "adamw") else 0.0
     opt = build_optimizer(run.optimizer, lr, wd)
     plain_momentum = run.optimizer == "sgd" and not run.sgd_nesterov
-    if run.ema_decay > 0 or (wd > 0 and run.optimizer == "sgd") or plain_momentum:
+    sgd_momentum = run.optimizer == "sgd" and run.sgd_momentum != 0.9
+    if run.ema_decay > 0 or (wd > 0 and run.optimizer == "sgd") or plain_momentum or sgd_momentum:
         config = opt.get_config()
         config["learning_rate"] = lr
         if plain_momentum:
             config["nesterov"] = False
+        if sgd_momentum:
+            config["momentum"] = float(run.sgd_momentum)
+            config["nesterov"] = config["nesterov"] and run.sgd_momentum > 0
         if run.ema_decay > 0:
             config.update(use_ema=True, ema_momentum=float(run.ema_decay))
         if wd > 0:

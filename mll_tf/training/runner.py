@@ -99,7 +99,7 @@ def _verbose(verbose):
 RESUMABLE_RUN_FIELDS = frozenset({
     "run_dir", "features_root", "data_root", "epochs", "max_steps", "eval_every", "learning_rate",
     "weight_decay", "lr_schedule", "lr_signal", "lr_decay", "lr_patience", "lr_floor_fraction",
-    "lr_warmup_fraction", "lr_div_factor", "lr_final_div_factor", "early_stopping_patience",
+    "lr_warmup_fraction", "lr_div_factor", "lr_final_div_factor", "lr_poly_power", "early_stopping_patience",
     "steps_per_execution", "jit_compile", "cpu_replicas", "distribution", "data_service", "monitor", "log_every",
     "backup_every", "deterministic"})
 

@@ -333,9 +333,9 @@ def build_lr_schedule(run):
     Raises:
         ValueError: naming ``--lr-schedule`` for an unknown rule.
     """
-    if run.lr_schedule in ("constant", "one_cycle"):   # one_cycle: a LearningRateSchedule of the optimizer
+    if run.lr_schedule in ("constant", "one_cycle", "poly"):   # a LearningRateSchedule of the optimizer
         return None
     if run.lr_schedule == "adaptive":
         return AdaptiveLearningRate(run.learning_rate, signal_strength=run.lr_signal, decay=run.lr_decay,
                                     patience=run.lr_patience, floor_fraction=run.lr_floor_fraction)
-    raise ValueError(f"--lr-schedule: unknown {run.lr_schedule!r} (constant, adaptive, one_cycle)")
+    raise ValueError(f"--lr-schedule: unknown {run.lr_schedule!r} (constant, adaptive, one_cycle, poly)")

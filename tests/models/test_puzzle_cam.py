@@ -178,3 +178,35 @@ def test_serialisation_round_trip(tmp_path):
     x, _ = _data()
     np.testing.assert_allclose(m2(x).numpy(), m(x).numpy(), rtol=1e-6)
     assert m2.strategy == "ctopk" and m2.topk == 2 and m2.uses_ema
+
+
+def test_puzzle_cam_parameter_groups_scale_and_decay_the_gradients():
+    """--param-groups puzzle_cam with plain SGD: w <- w - lr k (g + l2 w), k = 1 (backbone kernels, BN gamma;
+    L2), 2 (backbone biases, BN beta; no L2), 10 (classifier; L2) -- Puzzle-CAM's four groups."""
+    inp = keras.Input((None, None, 3))
+    h = keras.layers.Conv2D(4, 4, strides=4, name="conv",
+                            kernel_initializer=keras.initializers.RandomNormal(0.0, 0.05, seed=1),
+                            bias_initializer=keras.initializers.Constant(0.1), activation="relu")(inp)
+    h = keras.layers.BatchNormalization(name="bn", beta_initializer=keras.initializers.Constant(0.2))(h)
+    bb = keras.Model(inp, h)   # conv bias before the ReLU, so that every group has a gradient
+    m = PuzzleCAMModel(bb, 3, method="cam", param_groups="puzzle_cam", l2=0.01)
+    m.build((None, 16, 16, 3))
+    groups = {v.path.split("/")[-1] if "classifier" not in v.path else "classifier": (k, d)
+              for v, k, d in m.parameter_groups()}
+    assert groups == {"kernel": (1.0, True), "bias": (2.0, False), "gamma": (1.0, True), "beta": (2.0, False),
+                      "classifier": (10.0, True)}
+    x, y = _data()
+    before = [v.numpy() for v in m.trainable_variables]
+    with tf.GradientTape() as tape:
+        total, _ = m.compute_losses(tf.constant(x), tf.constant(y), training=True)
+    grads = [g.numpy() for g in tape.gradient(total, m.trainable_variables)]
+    assert all(np.abs(g).max() > 1e-4 for g in grads)
+    m.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.0))
+    m.fit(tf.data.Dataset.from_tensors((x, y)), epochs=1, verbose=0)
+    for (v, k, decay), w0, g in zip(m.parameter_groups(), before, grads):
+        want = w0 - 0.1 * k * (g + (0.01 * w0 if decay else 0.0))
+        np.testing.assert_allclose(v.numpy(), want, rtol=1e-5, atol=1e-7, err_msg=v.path)
+    with pytest.raises(ValueError, match="--head-lr-multiplier"):
+        PuzzleCAMModel(_tiny_backbone(), 3, param_groups="puzzle_cam", head_lr_multiplier=10.0)
+    with pytest.raises(ValueError, match="--param-groups"):
+        PuzzleCAMModel(_tiny_backbone(), 3, param_groups="groups")

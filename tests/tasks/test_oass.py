@@ -55,3 +55,9 @@ def test_bad_input_size_is_one_error_line(idx, capsys):
     assert train.main(_argv(idx, "puzzle_cam", idx / "bad", "--epochs", "1", "--input-size", "32")) == 2
     err = capsys.readouterr().err
     assert "error: --input-size 32" in err and "Traceback" not in err
+    for extra, flag in ((["--l2", "1e-4"], "--l2 0.0001: applies to --param-groups puzzle_cam"),
+                        (["--param-groups", "puzzle_cam", "--head-lr-multiplier", "10"], "--head-lr-multiplier 10"),
+                        (["--param-groups", "groups"], "--param-groups")):
+        assert train.main(_argv(idx, "puzzle_cam", idx / "bad", "--epochs", "1", *extra)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and flag in err and "Traceback" not in err, err

@@ -247,6 +247,24 @@ def test_run_optimizer_one_cycle_ema_and_decay_exclusions():
     assert float(plain.learning_rate) == pytest.approx(1e-4)
 
 
+def test_run_optimizer_poly_schedule_and_plain_sgd():
+    """--lr-schedule poly: lr (1 - t/T)^0.9 at the step count before the update (Puzzle-CAM's PolyOptimizer:
+    0.1 * 0.5^0.9 = 0.05359 at t = T/2, 0 at T); --sgd-momentum 0: plain SGD."""
+    kernel = keras.Variable(np.ones((2, 2), np.float32), name="kernel")
+    opt = recipe.build_run_optimizer(RunConfig(optimizer="sgd", learning_rate=0.1, lr_schedule="poly",
+                                               sgd_momentum=0.0), 4950, [kernel])
+    assert opt.momentum == 0.0 and not opt.nesterov
+    sched = opt._learning_rate
+    assert float(sched(0)) == pytest.approx(0.1)
+    assert float(sched(2475)) == pytest.approx(0.1 * 0.5 ** 0.9, rel=1e-6)
+    assert float(sched(2475)) == pytest.approx(0.05359, abs=1e-5)
+    assert float(sched(4950)) == 0.0
+    opt.build([kernel])
+    opt.iterations.assign(2475)
+    opt.apply([tf.ones_like(kernel)], [kernel])       # w -= lr(t) * g, no momentum
+    np.testing.assert_allclose(kernel.numpy(), 1 - 0.1 * 0.5 ** 0.9, rtol=1e-6)
+
+
 # -------------------------------------------------------------------------------- early stopping
 def test_early_stopping_rule_and_state():
     es = recipe.EarlyStopping("val_mAP", patience=2)
@@ -286,6 +304,8 @@ def test_early_stopping_ends_the_run_and_resume_trains_nothing(toy_store, tmp_pa
     ("ignore", dict(sam_adaptive=True), "--sam-adaptive"),
     ("csl", dict(mixup=0.2), "--mixup"),
     ("ignore", dict(weight_decay=1e-4, optimizer="adam"), "--weight-decay"),
+    ("ignore", dict(sgd_momentum=0.0, optimizer="adam"), "--sgd-momentum"),
+    ("imcl", dict(lr_schedule="poly"), "--lr-schedule poly"),
 ])
 def test_refused_flags_name_the_flag(toy_store, tmp_path, method, over, flag):
     task = toy_task(toy_store, tmp_path, method, **over)
