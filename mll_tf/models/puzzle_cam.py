@@ -344,12 +344,8 @@ class PuzzleCAMModel(keras.Model):
             reg = tf.add_n(self.losses) / ctx.num_replicas_in_sync if self.losses else 0.0
             scaled = self.optimizer.scale_loss(total + reg)
         grads = tape.gradient(scaled, variables)
-        if self.param_groups == "puzzle_cam":
+        if self.param_groups == "puzzle_cam" or self.head_lr_multiplier != 1.0:
             grads = self._group_gradients(grads, variables)
-        elif self.head_lr_multiplier != 1.0:
-            head = {id(v) for v in self.classifier.trainable_variables}
-            grads = [g * self.head_lr_multiplier if id(v) in head and g is not None else g
-                     for g, v in zip(grads, variables)]
         self.optimizer.apply(grads, variables)
         if self.uses_ema:
             self.update_teacher(ema_momentum(self.optimizer.iterations - 1, self.ema_decay, self.ema_warmup))
@@ -361,11 +357,16 @@ class PuzzleCAMModel(keras.Model):
         Groups (``abc_modules.get_parameter_groups``): 0 backbone weights (kernels
         and BN gamma) 1x with L2; 1 backbone biases (BN beta, conv biases) 2x
         without; 2 classifier weights 10x with L2; 3 classifier biases 20x
-        without (none: the classifier is bias-free).
+        without (none: the classifier is bias-free). With ``param_groups="none"``
+        the classifier's multiplier is ``head_lr_multiplier``, every other 1,
+        and no L2.
         """
         head = {id(v) for v in self.classifier.trainable_variables}
         out = []
         for v in self.trainable_variables:
+            if self.param_groups != "puzzle_cam":
+                out.append((v, self.head_lr_multiplier if id(v) in head else 1.0, False))
+                continue
             name = v.path.split("/")[-1]
             bias = name in ("bias", "beta") or name.endswith(("_bias", "_beta"))
             k = (20.0 if bias else 10.0) if id(v) in head else (2.0 if bias else 1.0)
