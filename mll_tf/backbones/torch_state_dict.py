@@ -19,6 +19,21 @@ Two container formats are supported:
 * the zip format (PyTorch >= 1.6): ``<archive>/data.pkl`` plus one raw file
   ``<archive>/data/<key>`` per storage.
 
+Checkpoints (:func:`load_torch_checkpoint`): a training checkpoint such as
+deep-object-reid's ``torchreid/engine/engine.py::save_model`` ``.pth.tar``
+(``{'state_dict', 'epoch', 'optimizer', 'scheduler', 'num_classes',
+'classes_map', 'initial_lr'}``) pickles more than tensors: NumPy scalars
+(``numpy.core.multiarray.scalar`` + ``numpy.dtype`` + ``_codecs.encode``),
+which are decoded by NumPy stand-ins, and the optimizer / LR-scheduler
+objects (PyTorch 1.8's ``OneCycleLR`` keeps a bound method, pickled as
+``builtins.getattr(<OneCycleLR object>, '_annealing_cos')``, whose
+``__dict__`` holds the ``SAM`` / ``SGD`` optimizer). The globals listed in
+:data:`TRAINING_STATE_GLOBALS` are resolved to *inert* placeholders
+(:class:`_Inert`): calling one, or ``NEWOBJ`` / ``BUILD`` on one, only
+yields another placeholder; nothing is imported or run. A placeholder may
+appear only outside ``state_dict``; the top-level entries holding one are
+returned as skipped. Every other global is still refused.
+
 Format reference: ``torch/serialization.py`` (``_legacy_save``, ``_load``)
 and ``torch/_utils.py`` (``_rebuild_tensor_v2``) in PyTorch.
 
@@ -45,7 +60,7 @@ import numpy as np
 
 from mll_tf.data.safe_pickle import BudgetedUnpickler
 
-__all__ = ["UnsafePickleError", "load_torch_state_dict"]
+__all__ = ["TRAINING_STATE_GLOBALS", "UnsafePickleError", "load_torch_checkpoint", "load_torch_state_dict"]
 
 #: The calls of a pickle may allocate this many times its size (+ the slack).
 _PICKLE_ALLOCATION_FACTOR = 8
@@ -233,9 +248,9 @@ class _RestrictedUnpickler(BudgetedUnpickler):
         return ref
 
 
-def _unpickle(file, filename):
-    """Run the restricted unpickler; return (object, storages)."""
-    unpickler = _RestrictedUnpickler(file, filename)
+def _unpickle(file, filename, cls=None):
+    """Run the restricted unpickler (``cls``, default :class:`_RestrictedUnpickler`); return (object, storages)."""
+    unpickler = (cls or _RestrictedUnpickler)(file, filename)
     return unpickler.load(), unpickler.storages
 
 
@@ -337,7 +352,7 @@ def _storage_dtype(ref, little_endian):
     return dtype if little_endian else dtype.newbyteorder(">")
 
 
-def _load_legacy(f, filename):
+def _load_legacy(f, filename, cls=None):
     """Read the legacy (pre-1.6, non-zip) torch.save format.
 
     ``f`` is an in-memory binary file (``io.BytesIO``) holding the whole
@@ -355,7 +370,7 @@ def _load_legacy(f, filename):
     little_endian = True
     if isinstance(sys_info, dict):
         little_endian = bool(sys_info.get("little_endian", True))
-    obj, storages = _unpickle(f, filename)
+    obj, storages = _unpickle(f, filename, cls)
     keys, _ = _unpickle(f, filename)
     if not isinstance(keys, list):
         raise ValueError(f"'{filename}': storage key list is missing")
@@ -397,7 +412,7 @@ def _load_legacy(f, filename):
     return obj, arrays
 
 
-def _load_zip(path, filename):
+def _load_zip(path, filename, cls=None):
     """Read the zip-based torch.save format (PyTorch >= 1.6)."""
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
@@ -411,7 +426,7 @@ def _load_zip(path, filename):
         little_endian = True
         if prefix + "byteorder" in names:
             little_endian = archive.read(prefix + "byteorder") != b"big"
-        obj, storages = _unpickle(io.BytesIO(archive.read(pkl[0])), filename)
+        obj, storages = _unpickle(io.BytesIO(archive.read(pkl[0])), filename, cls)
         arrays = {}
         for key, ref in storages.items():
             member = f"{prefix}data/{key}"
@@ -500,4 +515,256 @@ def load_torch_state_dict(path):
             KeyError, OverflowError, UnicodeDecodeError) as e:
         raise ValueError(
             f"'{path}' is truncated or corrupt, or not a PyTorch state dict "
+            f"file: {type(e).__name__}: {e}") from e
+
+
+# --------------------------------------------------------------------------
+# Training checkpoints ({'state_dict': ..., 'epoch': ..., 'optimizer': ...}).
+# --------------------------------------------------------------------------
+
+#: Globals of a training checkpoint's optimizer / LR-scheduler state that
+#: :func:`load_torch_checkpoint` tolerates as inert placeholders (never
+#: imported or called): exact ``(module, name)`` pairs, and every name in a
+#: module under the ``torch.optim.`` / ``torchreid.optim.`` prefixes
+#: (deep-object-reid's ``SAM``, ``OneCycleLR``, PyTorch's ``SGD``, ``Adam``,
+#: ``AdamW``, ``lr_scheduler.*``).
+TRAINING_STATE_GLOBALS = frozenset({
+    ("builtins", "getattr"),          # a bound method (OneCycleLR.anneal_func in PyTorch <= 2.1)
+    ("builtins", "dict"),             # defaultdict(dict): Optimizer.state
+    ("collections", "defaultdict"),
+    ("__builtin__", "getattr"),       # protocol-2 pickles written by Python 2
+})
+TRAINING_STATE_MODULE_PREFIXES = ("torch.optim.", "torchreid.optim.")
+
+#: numpy scalar dtypes a checkpoint may hold (bool, ints, floats, complex).
+_SCALAR_KINDS = "biufc"
+
+
+class _Inert:
+    """Placeholder for a tolerated training-state global or anything built from one.
+
+    Calling it, ``NEWOBJ`` with it as the class or ``BUILD`` on it gives
+    another placeholder (the state is dropped); nothing is imported or run.
+    """
+
+    __slots__ = ("what",)
+
+    def __init__(self, what):
+        self.what = what
+
+    def __call__(self, *args, **kwargs):
+        return _Inert(f"{self.what}(...)")
+
+    def __repr__(self):
+        return f"<not loaded: {self.what}>"
+
+
+class _NumpyDType:
+    """Stand-in for ``numpy.dtype(spec, align, copy)``: a plain numeric dtype only."""
+
+    def __init__(self, spec, *unused):
+        if not isinstance(spec, str):
+            raise pickle.UnpicklingError(f"numpy.dtype({spec!r}): only a dtype string is allowed")
+        try:
+            dtype = np.dtype(spec)
+        except TypeError as e:
+            raise pickle.UnpicklingError(f"numpy.dtype({spec!r}): {e}") from None
+        if dtype.kind not in _SCALAR_KINDS or dtype.fields is not None or dtype.itemsize > 16:
+            raise pickle.UnpicklingError(f"numpy.dtype({spec!r}): only bool / int / float / complex scalars "
+                                         "are allowed")
+        self.dtype = dtype
+
+    def setstate(self, state):
+        # (version, byteorder, subarray, names, fields, elsize, alignment, flags)
+        if not (isinstance(state, tuple) and len(state) >= 2 and state[1] in ("<", ">", "=", "|")):
+            raise pickle.UnpicklingError(f"numpy.dtype state {state!r} is not a plain dtype's")
+        if len(state) > 4 and any(v is not None for v in state[2:5]):
+            raise pickle.UnpicklingError("numpy.dtype with sub-arrays or fields is not allowed")
+        if state[1] in "<>":
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _numpy_scalar(dtype, data=None):
+    """Stand-in for ``numpy.core.multiarray.scalar(dtype, bytes)``: the NumPy scalar, decoded."""
+    if not isinstance(dtype, _NumpyDType) or not isinstance(data, (bytes, bytearray)):
+        raise pickle.UnpicklingError("numpy scalar: expected (numpy.dtype, bytes)")
+    if len(data) != dtype.dtype.itemsize:
+        raise pickle.UnpicklingError(f"numpy scalar of {dtype.dtype}: {len(data)} bytes")
+    return np.frombuffer(bytes(data), dtype=dtype.dtype, count=1)[0]
+
+
+def _codecs_encode(text, encoding="utf-8", *unused):
+    """Stand-in for ``_codecs.encode(str, 'latin1')``: protocol 2's way of pickling bytes."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode: only (str, 'latin1') is allowed")
+    return text.encode("latin1")
+
+
+_CHECKPOINT_FUNCTIONS = {
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy", "dtype"): _NumpyDType,
+    ("_codecs", "encode"): _codecs_encode,
+}
+
+
+def _is_training_state_global(module, name):
+    return ((module, name) in TRAINING_STATE_GLOBALS
+            or any(module.startswith(p) for p in TRAINING_STATE_MODULE_PREFIXES))
+
+
+class _CheckpointUnpickler(_RestrictedUnpickler):
+    """:class:`_RestrictedUnpickler` + NumPy scalars + inert training-state globals (see the module doc)."""
+
+    dispatch = dict(_RestrictedUnpickler.dispatch)
+
+    def find_class(self, module, name):
+        if (module, name) in _CHECKPOINT_FUNCTIONS:
+            return functools.partial(self._charged_call, _CHECKPOINT_FUNCTIONS[(module, name)],
+                                     f"{module}.{name}")
+        if _is_training_state_global(module, name):
+            self._charge(64, f"{module}.{name}")
+            return _Inert(f"{module}.{name}")
+        try:
+            return super().find_class(module, name)
+        except UnsafePickleError:
+            raise UnsafePickleError(
+                f"refusing to load global '{module}.{name}' from '{self.filename}': a checkpoint may hold "
+                "tensors, NumPy scalars and optimizer / scheduler state (torch.optim.*, torchreid.optim.*, "
+                "builtins.getattr/dict, collections.defaultdict, never called) only") from None
+
+    def load_newobj(self):
+        self.stack.pop()  # the arguments of a placeholder class are dropped
+        cls = self.stack.pop()
+        if not isinstance(cls, _Inert):
+            raise UnsafePickleError(f"refusing '{self.filename}': NEWOBJ on {type(cls).__name__}")
+        self._charge(64, "NEWOBJ")
+        self.append(cls())
+
+    def load_newobj_ex(self):
+        self.stack.pop()
+        self.load_newobj()
+
+    def load_build(self):
+        inst = self.stack[-2] if len(self.stack) >= 2 else None     # stack: [..., inst, state]
+        if isinstance(inst, _Inert):
+            self.stack.pop()            # the state of a placeholder is dropped
+            self._charge(64, "BUILD")
+            return
+        if isinstance(inst, _NumpyDType):
+            inst.setstate(self.stack.pop())
+            return
+        super().load_build()
+
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def _contains_inert(obj, depth=0):
+    if isinstance(obj, _Inert):
+        return True
+    if depth > 64:
+        return True         # too deep for training metadata: treated as not loadable
+    if isinstance(obj, dict):
+        return any(_contains_inert(k, depth + 1) or _contains_inert(v, depth + 1) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return any(_contains_inert(v, depth + 1) for v in obj)
+    return False
+
+
+def _plain(obj, depth=0):
+    """``obj`` if it is small plain metadata (numbers, str, lists / dicts of them, no tensors), else None."""
+    if isinstance(obj, (bool, int, float, str, type(None), np.generic)):
+        return obj.item() if isinstance(obj, np.generic) else obj
+    if depth > 4 or not isinstance(obj, (list, tuple, dict)) or len(obj) > 100000:
+        return None
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            pk, pv = _plain(k, depth + 1), _plain(v, depth + 1)
+            if pk is None or (pv is None and v is not None) or isinstance(pk, (list, dict)):
+                return None
+            out[pk] = pv
+        return out
+    out = [_plain(v, depth + 1) for v in obj]
+    return None if any(o is None and v is not None for o, v in zip(out, obj)) else out
+
+
+def load_torch_checkpoint(path):
+    """Read a PyTorch training checkpoint (or a bare state dict) as NumPy, without torch.
+
+    Accepts what ``torch.save`` writes for deep-object-reid's
+    ``torchreid/engine/engine.py::save_model`` (``{'state_dict':
+    model.state_dict(), 'epoch': int, 'optimizer': ..., 'scheduler': ...,
+    'num_classes': int, 'classes_map': {name: index}, 'initial_lr':
+    float}``, ``.pth.tar``) and ``torchreid/utils/torchtools.py::
+    save_checkpoint``, in the legacy or the zip format, or a bare state dict.
+    The unpickler is :func:`load_torch_state_dict`'s, extended by NumPy
+    scalars and the inert :data:`TRAINING_STATE_GLOBALS` (see the module
+    doc); the optimizer / scheduler entries are never materialised.
+
+    Args:
+        path: str or os.PathLike.
+
+    Returns:
+        ``(state_dict, metadata, skipped)``: ``state_dict`` an
+        ``OrderedDict[str, np.ndarray]`` (the ``'state_dict'`` entry, or the
+        whole file when it is a bare state dict; keys as stored, e.g. with a
+        ``module.`` prefix); ``metadata`` a dict of the other top-level
+        entries that are plain values (``epoch``, ``num_classes``,
+        ``classes_map``, ``initial_lr``, as Python / NumPy scalars, str,
+        lists and dicts); ``skipped`` the sorted names of the top-level
+        entries that are training state (``optimizer``, ``scheduler``, ...).
+
+    Raises:
+        UnsafePickleError: a global outside the allowed and tolerated sets
+            (``os.system``, ``builtins.eval``, an ``nn.Module`` class, ...),
+            named with the file; also a tolerated placeholder inside the
+            state dict, or a pickle past its allocation budget.
+        ValueError: as :func:`load_torch_state_dict` (truncated, corrupt,
+            not a mapping, too large), or a state-dict value that is not a
+            tensor (named).
+        FileNotFoundError: ``path`` does not exist.
+    """
+    path = os.fspath(path)
+    try:
+        if zipfile.is_zipfile(path):
+            obj, arrays = _load_zip(path, path, _CheckpointUnpickler)
+        else:
+            with open(path, "rb") as f:
+                obj, arrays = _load_legacy(io.BytesIO(f.read()), path, _CheckpointUnpickler)
+        if not isinstance(obj, dict):
+            raise ValueError(f"'{path}' holds a {type(obj).__name__}, not a checkpoint dict or a state dict")
+        budget = _OutputBudget(os.path.getsize(path), path)
+        if "state_dict" in obj:
+            sd, rest = obj["state_dict"], {k: v for k, v in obj.items() if k != "state_dict"}
+            if not isinstance(sd, dict):
+                raise ValueError(f"'{path}': 'state_dict' holds a {type(sd).__name__}, not a state dict")
+        else:
+            sd, rest = obj, {}
+        bad = [str(k) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, _LazyTensor)]
+        if bad:
+            what = {str(k): v for k, v in sd.items()}
+            first = bad[0]
+            kind = repr(what[first]) if isinstance(what[first], _Inert) else type(what[first]).__name__
+            err = UnsafePickleError if any(isinstance(what[b], _Inert) for b in bad) else ValueError
+            raise err(f"'{path}': state dict entries that are not tensors: {', '.join(bad[:10])}"
+                      f"{' ...' if len(bad) > 10 else ''} (first: {kind})")
+        state_dict = _materialise(collections.OrderedDict(sd), arrays, path, budget)
+        metadata, skipped = {}, []
+        for k, v in rest.items():
+            plain = None if _contains_inert(v) else _plain(v)
+            if plain is None and v is not None:
+                skipped.append(str(k))
+            else:
+                metadata[str(k)] = plain
+        return state_dict, metadata, sorted(skipped)
+    except (UnsafePickleError, ValueError):
+        raise
+    except (EOFError, pickle.UnpicklingError, struct.error,
+            zipfile.BadZipFile, TypeError, AttributeError, IndexError,
+            KeyError, OverflowError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(
+            f"'{path}' is truncated or corrupt, or not a PyTorch checkpoint "
             f"file: {type(e).__name__}: {e}") from e

@@ -32,13 +32,15 @@ import json
 import os
 import sys
 
+import numpy as np
+
 from mll_tf.cli._flags import UsageError, cli_main, import_tensorflow_quietly
 
 __all__ = ["main"]
 
 PROG = "evaluation/import_weights.py"
-#: --source -> the --method it imports into
-SOURCES = {"lesa_tf1": "lesa", "imcl_npz": "imcl"}
+#: --source -> the --method(s) it imports into
+SOURCES = {"lesa_tf1": ("lesa",), "imcl_npz": ("imcl",), "dor_pth": ("linear_head", "ml_decoder", "ml_gcn")}
 
 
 def build_flags():
@@ -48,9 +50,10 @@ def build_flags():
     fs.prog, fs.description = PROG, __doc__.strip()
     fs.section("import")
     fs.define("checkpoint", None, "the released checkpoint (lesa_tf1: TF1 prefix, e.g. .../model.ckpt; "
-              "imcl_npz: models_ES.npz / models_final.npz)")
+              "imcl_npz: models_ES.npz / models_final.npz; dor_pth: deep-object-reid .pth.tar / .pth)")
     fs.define("source", "lesa_tf1", "what the checkpoint is: lesa_tf1 into --method lesa, imcl_npz into "
-              "--method imcl", choices=tuple(SOURCES))
+              "--method imcl, dor_pth into --finetune --method linear_head|ml_decoder|ml_gcn",
+              choices=tuple(SOURCES))
     fs.define("experiment", 0, "imcl_npz: the experiment (slice of the last axis) to import", kind="int",
               min=0)
     return fs
@@ -66,10 +69,13 @@ def _run(argv):
     if not fs.checkpoint:
         raise UsageError("--checkpoint is required")
     task, source = train_cli.resolve_task(fs)
-    if task.name != SOURCES[fs.source]:
-        raise UsageError(f"--source {fs.source} imports into --method {SOURCES[fs.source]} runs, not {task.name}")
+    if task.name not in SOURCES[fs.source]:
+        raise UsageError(f"--source {fs.source} imports into --method {' | '.join(SOURCES[fs.source])} runs, "
+                         f"not {task.name}")
     if task.name == "imcl" and task.run.finetune:
         raise UsageError("--source imcl_npz imports a fixed-feature model: drop --finetune")
+    if fs.source == "dor_pth" and not task.run.finetune:
+        raise UsageError("--source dor_pth imports a whole model (backbone + head): pass --finetune")
     run = task.run
     run.run_dir = run.run_dir or run.default_run_dir()
     run_dir = run.run_dir
@@ -80,7 +86,12 @@ def _run(argv):
     from mll_tf.training.runner import _save_config
 
     task.check()
-    if fs.source == "lesa_tf1":
+    extra = {}
+    if fs.source == "dor_pth":
+        from mll_tf.export.dor_pth import import_dor_run
+
+        model, report, extra = import_dor_run(task, fs.checkpoint, run_dir)   # raises before anything is written
+    elif fs.source == "lesa_tf1":
         ckpt = read_tf1_checkpoint(fs.checkpoint)
         task.prepare(run_dir)
         model = task.build_model()
@@ -93,14 +104,17 @@ def _run(argv):
         report = import_imcl_npz(model, fs.checkpoint, experiment=fs.experiment)
         report.setdefault("skipped", [])
     os.makedirs(run_dir, exist_ok=True)
+    for name, array in extra.pop("files", {}).items():   # dor_pth ml_gcn: the label embeddings (inp)
+        with open(os.path.join(run_dir, name), "wb") as f:
+            np.save(f, array, allow_pickle=False)
     task.save_run_files(run_dir)
     _save_config(task, run_dir)
     for name in ("best.keras", "last.keras"):
         save_keras_model(model, os.path.join(run_dir, name))
     write_json(os.path.join(run_dir, "imported_weights.json"),
-               {"source": fs.source, "checkpoint": os.path.abspath(fs.checkpoint), **report})
+               {"source": fs.source, "checkpoint": os.path.abspath(fs.checkpoint), **extra, **report})
     print(f"imported {len(report['imported'])} variables from {fs.checkpoint} "
-          f"({len(report['skipped'])} training-state variables skipped) -> {run_dir}/best.keras; "
+          f"({len(report['skipped'])} training-state / unused variables skipped) -> {run_dir}/best.keras; "
           f"evaluate with: python evaluation/evaluate.py --run {run_dir}")
     print(json.dumps(report["imported"]))
     return 0

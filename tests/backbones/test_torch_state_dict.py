@@ -1,15 +1,14 @@
 """Tests for mll_tf.backbones.torch_state_dict (no torch needed or used).
 
-The ``.pth`` files are written by hand here: a pure-Python pickler emits the
-same opcodes as ``torch.save`` (GLOBAL ``torch._utils _rebuild_tensor_v2``,
-``torch FloatStorage`` persistent ids, ...) without importing torch.
+The ``.pth`` files are written by hand (:mod:`tests.torch_pickle`): a
+pure-Python pickler emits the same opcodes as ``torch.save`` (GLOBAL
+``torch._utils _rebuild_tensor_v2``, ``torch FloatStorage`` persistent ids,
+...) without importing torch.
 """
 import builtins
 import collections
-import io
 import os
 import pickle
-import struct
 import zipfile
 
 import numpy as np
@@ -18,79 +17,13 @@ import pytest
 from mll_tf.backbones.torch_state_dict import (UnsafePickleError,
                                                load_torch_state_dict)
 
-MAGIC = 0x1950A86A20F9469CFC6C
-SYS_INFO = {"protocol_version": 1001, "little_endian": True,
-            "type_sizes": {"short": 2, "int": 4, "long": 4}}
-
-
-class _Global:
-    """Placeholder pickled as ``GLOBAL module name`` (module not imported)."""
-
-    def __init__(self, module, name):
-        self.module = module
-        self.qual = name
-
-    def __call__(self, *args):  # save_reduce requires a callable
-        raise AssertionError("never called")
-
-
-class _Call:
-    """Pickled as ``func(*args)`` via REDUCE."""
-
-    def __init__(self, func, *args):
-        self.func = func
-        self.args = args
-
-    def __reduce__(self):
-        return self.func, self.args
-
-
-class _Storage:
-    def __init__(self, key, array, type_name="FloatStorage"):
-        self.key = key
-        self.array = array
-        self.type_name = type_name
-
-
-class _TorchLikePickler(pickle._Pickler):
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_global_stub(self, obj):
-        self.write(pickle.GLOBAL
-                   + f"{obj.module}\n{obj.qual}\n".encode("ascii"))
-
-    dispatch[_Global] = _save_global_stub
-
-    def persistent_id(self, obj):
-        if isinstance(obj, _Storage):
-            return ("storage", _Global("torch", obj.type_name), obj.key,
-                    "cpu", obj.array.size, None)
-        return None
-
-
-def _dumps(obj):
-    buf = io.BytesIO()
-    _TorchLikePickler(buf, protocol=2).dump(obj)
-    return buf.getvalue()
-
-
-def _tensor(storage, offset, size, stride):
-    return _Call(_Global("torch._utils", "_rebuild_tensor_v2"), storage,
-                 offset, tuple(size), tuple(stride), False,
-                 collections.OrderedDict())
-
-
-def _legacy_bytes(state, storages):
-    parts = [pickle.dumps(MAGIC, protocol=2),
-             pickle.dumps(1001, protocol=2),
-             pickle.dumps(SYS_INFO, protocol=2),
-             _dumps(state),
-             pickle.dumps([s.key for s in storages], protocol=2)]
-    for s in storages:
-        parts.append(struct.pack("<q", s.array.size))
-        parts.append(s.array.astype(s.array.dtype.newbyteorder("<"))
-                     .tobytes())
-    return b"".join(parts)
+from tests.torch_pickle import MAGIC, SYS_INFO  # the shared writers
+from tests.torch_pickle import Call as _Call
+from tests.torch_pickle import Global as _Global
+from tests.torch_pickle import Storage as _Storage
+from tests.torch_pickle import dumps as _dumps
+from tests.torch_pickle import legacy_bytes as _legacy_bytes
+from tests.torch_pickle import tensor as _tensor
 
 
 # Storage "0": 10 floats. "w" = its elements 1..6 read as the transpose of a
