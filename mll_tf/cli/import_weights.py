@@ -26,6 +26,34 @@ picks it) into a ``--method imcl`` run on stored features; pass
     python evaluation/import_weights.py --source imcl_npz --method imcl --dataset openimages \
         --features-root features --imcl-feature-map --imcl-graph graph.npz \
         --checkpoint cvpr20_IMCL/.../models_ES.npz --run-dir runs/imcl_release
+
+``--source dor_pth``: a deep-object-reid (tosfaq/deep-object-reid, branch
+``multilabel``; Prokofiev & Sovrasov 2022) ``.pth.tar`` of an EfficientNetV2
+model (``efficientnetv2_s_*`` / ``efficientnetv2_l_*``, timm
+``tf_efficientnetv2_*``) into a ``--finetune`` run of ``--method
+linear_head`` (TimmModelsWrapper: ``nn.Linear``, or ``AngleSimpleLinear``
+with ``--loss aam``), ``ml_decoder`` (``mld_*``) or ``ml_gcn`` (``gcn_*``)::
+
+    python evaluation/import_weights.py --source dor_pth --method ml_decoder --loss aam --aam-scale 23 \\
+        --finetune --backbone efficientnetv2_s --input-size 448 --dataset json --data-root datasets/VOC \\
+        --checkpoint model.pth.tar-60 --run-dir runs/dor_mld_voc
+
+The file is read without torch by a restricted unpickler (tensors, NumPy
+scalars; the optimizer / scheduler entries are skipped as inert
+placeholders; any other global is refused); a ``module.`` prefix is
+removed. Every tensor is mapped by name (timm / torchreid names -> Keras
+layers, with the layout conversions; :mod:`mll_tf.export.dor_pth`);
+``num_batches_tracked``, the unused ``act2`` PReLU and ``gcn_*``'s unused
+``backbone.model.classifier`` are skipped; a missing, unknown or mis-shaped
+tensor is refused by name and nothing is written. The head type, the loss
+(cosine head), the number of classes, the ML-Decoder sizes and the GCN width
+come from the checkpoint and must agree with the flags (``--method``,
+``--loss``, ``--backbone``, the dataset's classes, and ``classes_map`` when
+the file has it); the AAM scale s is not in the file (``--aam-scale``, the
+original config's ``loss.softmax.s``). The backbone's rescaling becomes
+deep-object-reid's ``x / 127.5 - 1`` (Keras' is ``x / 128 - 1``);
+``imported_weights.json`` records it and what is not reproduced (the
+original stretches images to 448 x 448, our loader crops the centre).
 """
 
 import json

@@ -77,7 +77,8 @@ import numpy as np
 
 from mll_tf.export.import_weights import WeightImportError
 
-__all__ = ["DOR_BACKBONES", "DorCheckpoint", "adjacency_from_A", "describe_dor_checkpoint",
+__all__ = ["DOR_BACKBONES", "DorCheckpoint", "adjacency_from_A", "build_dor_model", "check_against_run",
+           "describe_dor_checkpoint", "import_dor_run",
            "import_dor_weights", "read_dor_checkpoint", "set_dor_preprocessing"]
 
 #: our backbone -> (Keras application layer name, timm stages, deep-object-reid model names)
