@@ -170,6 +170,38 @@ def _greedy(y, f, inner_l_fn, inner_f_fn, atoms_fn, ny, nf, eligible, n, k,
     return indices, coef_l, coef_f
 
 
+def _candidate_search(y, f, dy, df, ny, nf, inner_l0, inner_f0, lam_l, lam_f, threshold, dedup_tol,
+                      m, k, balance, ridge, skip_label, skip_feature, exact_first):
+    """The pre-filter's search: each image's M best atoms by the first score, then OMP over them.
+
+    ``inner_l0``/``inner_f0`` [B, N] are the screen's first-step inner products
+    (float32, or bfloat16 read back as float32 when ``exact_first``: the
+    candidates' ones are then recomputed in float32). ``ny``/``nf`` are [N].
+    Returns ``(indices into the dictionary [B, k], coef_label, coef_feature)``
+    as :func:`_greedy`.
+    """
+    weights = (lam_l, lam_f, threshold, balance, ridge, skip_label, skip_feature)
+    everything = tf.ones_like(inner_l0, tf.bool)
+    score0 = _scores(inner_l0, inner_f0, ny[None, :], nf[None, :], everything, lam_l, lam_f, balance)
+    _, cand = tf.math.top_k(score0, k=m)                           # [B, M]
+    cy, cf = tf.gather(dy, cand), tf.gather(df, cand)              # [B, M, C], [B, M, E]
+    # near-duplicates of the image among its candidates, by the exact distance
+    eligible = tf.reduce_sum(tf.square(cf - f[:, None, :]), axis=-1) >= tf.square(dedup_tol)
+    if exact_first:   # the candidates' first-step inner products in float32
+        c_inner_l0, c_inner_f0 = tf.linalg.matvec(cy, y), tf.linalg.matvec(cf, f)
+    else:
+        c_inner_l0 = tf.gather(inner_l0, cand, batch_dims=1)
+        c_inner_f0 = tf.gather(inner_f0, cand, batch_dims=1)
+    indices, coef_l, coef_f = _greedy(
+        y, f, lambda r: tf.linalg.matvec(cy, r), lambda r: tf.linalg.matvec(cf, r),
+        lambda i: (tf.gather(cy, i, batch_dims=1), tf.gather(cf, i, batch_dims=1)),
+        tf.gather(ny, cand), tf.gather(nf, cand), eligible, m, k, c_inner_l0, c_inner_f0, weights)
+    indices = tf.where(indices >= 0, tf.gather(cand, tf.maximum(indices, 0), batch_dims=1),
+                       -tf.ones_like(indices))
+    return indices, coef_l, coef_f
+
+
+
 def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
                 lambda_label, lambda_feature, threshold, balance=False,
                 dedup_tol=1e-3, normalize_lambdas=True, ridge=1e-6,
@@ -224,7 +256,8 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
     score are 0, as in the reference).
 
     Cost: ``k`` matmuls [B, C] x [C, N] and [B, E] x [E, N] plus O(B k^3)
-    (with ``prefilter``: one such pair, then ``k`` over the pool).
+    (with ``prefilter``: one such pair, a top-M over [B, N], then ``k``
+    batched matrix-vector products over [B, M, C + E] candidates).
 
     Args:
         query_labels: float [B, C], the clamped predictions y_i of the batch
@@ -248,20 +281,20 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
             distance (see the near-duplicate note above; capped at N).
         prefilter: int M >= 0. 0: exact OMP over the whole dictionary. M > 0:
             candidate pre-filter: the first step's scores (above) are
-            computed for all N atoms, each image's M eligible atoms with the
-            highest score are taken, and the greedy steps and least-squares
-            refits of every image run over the batch's pool, the union of
-            those candidates padded with further atoms to ``min(B M, N)``
-            (in dictionary order), so steps 2..k cost B min(BM, N) (C + E)
-            as one dense matmul instead of B N (C + E). Each image searches
-            a superset of its own M best atoms: the first atom is the exact
-            one, later atoms are exact whenever they are in the pool (the
-            support recall against exact OMP is measured by
-            ``benchmarks/bench_imcl.py``). With ``balance`` the maxima are
-            taken over the pool. With static shapes and ``B M >= N`` the
-            pool would be the whole dictionary and exact OMP runs (no
-            screening); with a dynamic batch size the pool then covers the
-            dictionary, which gives the same result.
+            computed for all N atoms, each image takes the M atoms with the
+            highest score as its own candidates, drops those within
+            ``dedup_tol`` of it (exact distance), and the greedy steps and
+            least-squares refits run over its candidates only, so steps
+            2..k cost B M (C + E) (batched matrix-vector products over the
+            gathered candidates) instead of B N (C + E). The first atom is
+            the exact one (unless a near-duplicate pushed it out of the M);
+            later atoms are exact whenever they are among the image's
+            candidates (the support recall against exact OMP is measured by
+            ``benchmarks/bench_imcl.py``). With ``balance`` the screen's
+            maxima are over all N atoms and the greedy steps' over the
+            candidates. ``dedup_candidates`` is not used (every candidate is
+            checked exactly). With a static dictionary size ``M >= N``
+            exact OMP runs (no screening).
         screen_dtype: ``"float32"`` or ``"bfloat16"``; with ``prefilter``,
             the dtype of the first step's [B, N] inner products that choose
             the M candidates (and the near-duplicate candidates). bfloat16
@@ -309,9 +342,8 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
         if a is not None and b is not None and a != b:
             raise ValueError(f"batched_omp: {what} differs: {a} vs {b}")
 
-    if prefilter and y.shape[0] is not None and dy.shape[0] is not None \
-            and int(y.shape[0]) * prefilter >= int(dy.shape[0]):
-        prefilter = 0   # the pool would be the whole dictionary: exact OMP, without the screening
+    if prefilter and dy.shape[0] is not None and prefilter >= int(dy.shape[0]):
+        prefilter = 0   # the candidates would be the whole dictionary: exact OMP, without the screening
     screen = prefilter > 0 and screen_dtype != "float32"
     skip_label = _is_static_zero(lambda_label)
     skip_feature = _is_static_zero(lambda_feature)
@@ -335,7 +367,6 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
         candidates = min(int(dedup_candidates), int(n_static))
     else:
         candidates = int(dedup_candidates)
-    batch = tf.shape(y)[0]
 
     if screen:   # the [B, N] inner products in bfloat16, read back as float32
         sy, sf = dict_screen if dict_screen is not None else (tf.cast(dy, screen_dtype),
@@ -345,47 +376,22 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
     else:
         inner_f0 = _inner(f, df)                                   # [B, N]
         inner_l0 = _inner(y, dy)                                   # [B, N]
-    excluded = _exclusion_mask(f, df, tf.reduce_sum(tf.square(f), axis=1),
-                               nf[0], inner_f0, dedup_tol, candidates)
-    eligible = ~excluded
-    neg_inf = tf.constant(float("-inf"), tf.float32)
     weights = (lam_l, lam_f, threshold, balance, ridge, skip_label, skip_feature)
 
     if prefilter == 0:
+        excluded = _exclusion_mask(f, df, tf.reduce_sum(tf.square(f), axis=1),
+                                   nf[0], inner_f0, dedup_tol, candidates)
+        eligible = ~excluded
         indices, coef_l, coef_f = _greedy(
             y, f, lambda r: _inner(r, dy), lambda r: _inner(r, df),
             lambda i: (tf.gather(dy, i), tf.gather(df, i)),
             ny, nf, eligible, n, k, inner_l0, inner_f0, weights)
     else:
-        m = prefilter if n_static is None else min(prefilter, int(n_static))
-        score0 = _scores(inner_l0, inner_f0, ny, nf, eligible, lam_l, lam_f, balance)
-        score0 = tf.where(eligible, score0, neg_inf)
-        _, cand = tf.math.top_k(score0, k=m)                       # [B, M]
-        # the batch's pool: the union of the images' candidates, padded with the first other atoms to
-        # min(B M, N) (a static size under XLA), in dictionary order (ties break as in the exact path)
-        member = tf.scatter_nd(tf.reshape(cand, [-1, 1]), tf.ones([tf.size(cand)]), tf.reshape(n, [1])) > 0
-        b_static = y.shape[0]
-        if b_static is not None and n_static is not None:
-            pool_size = min(int(b_static) * m, int(n_static))
-        else:
-            pool_size = tf.minimum(batch * m, n)
-        # the members, then the first non-members in dictionary order, to pool_size; O(N), no sort
-        member_i = tf.cast(member, tf.int32)
-        spare = pool_size - tf.reduce_sum(member_i)
-        keep = member | (tf.cumsum(1 - member_i, exclusive=True) < spare)
-        slot = tf.where(keep, tf.cumsum(tf.cast(keep, tf.int32), exclusive=True), pool_size)
-        pool = tf.scatter_nd(slot[:, None], tf.range(n), tf.reshape(pool_size + 1, [1]))[:pool_size]   # [U]
-        py, pf = tf.gather(dy, pool), tf.gather(df, pool)          # [U, C], [U, E]
-        if screen:   # the pool's first-step inner products, exact
-            p_inner_l0, p_inner_f0 = _inner(y, py), _inner(f, pf)
-        else:
-            p_inner_l0, p_inner_f0 = tf.gather(inner_l0, pool, axis=1), tf.gather(inner_f0, pool, axis=1)
-        indices, coef_l, coef_f = _greedy(
-            y, f, lambda r: _inner(r, py), lambda r: _inner(r, pf),
-            lambda i: (tf.gather(py, i), tf.gather(pf, i)),
-            tf.gather(ny, pool, axis=1), tf.gather(nf, pool, axis=1), tf.gather(eligible, pool, axis=1),
-            pool_size, k, p_inner_l0, p_inner_f0, weights)
-        indices = tf.where(indices >= 0, tf.gather(pool, tf.maximum(indices, 0)), -tf.ones_like(indices))
+        static = (k, balance, ridge, skip_label, skip_feature, screen)
+        args = (y, f, dy, df, ny[0], nf[0], inner_l0, inner_f0, lam_l, lam_f, threshold,
+                tf.cast(dedup_tol, tf.float32))
+        m = prefilter if n_static is not None else tf.minimum(prefilter, n)
+        indices, coef_l, coef_f = _candidate_search(*args, m, *static)
     num_selected = tf.reduce_sum(tf.cast(indices >= 0, tf.int32), axis=1)
     return (tf.stop_gradient(indices), tf.stop_gradient(coef_l),
             tf.stop_gradient(coef_f), tf.stop_gradient(num_selected))

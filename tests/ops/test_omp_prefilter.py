@@ -1,5 +1,5 @@
-"""batched_omp(prefilter=M): each image's M best atoms by the first greedy score, pooled over the batch, then
-exact OMP over the pool; screen_dtype="bfloat16" screens in bfloat16."""
+"""batched_omp(prefilter=M): each image's M best atoms by the first greedy score are its candidates, then
+exact OMP over them; screen_dtype="bfloat16" screens in bfloat16."""
 
 import numpy as np
 import pytest
@@ -16,33 +16,62 @@ def _random_problem(seed=0, b=6, n=40, c=12, e=9):
 
 @pytest.mark.parametrize("screen", ["float32", "bfloat16"])
 @pytest.mark.parametrize("balance", [False, True])
-@pytest.mark.parametrize("m", [7, 40, 64])
-def test_prefilter_pool_covering_the_dictionary_equals_exact(m, balance, screen):
-    """6 images x M >= 40 atoms: the pool is the whole dictionary, so the result is exact OMP's (a bfloat16
-    screen only chooses the pool; the scores over it are float32)."""
+@pytest.mark.parametrize("m", [40, 64])
+def test_prefilter_covering_the_dictionary_equals_exact(m, balance, screen):
+    """M >= N = 40 candidates: the candidates would be the whole dictionary, so exact OMP runs."""
     qy, qf, dy, df = _random_problem()
     qf[2] = df[7]   # an image that is in the dictionary: excluded in both paths
     kw = dict(k=4, lambda_label=1.0, lambda_feature=0.5, threshold=1e-6, balance=balance)
     exact = batched_omp(qy, qf, dy, df, **kw)
     pre = batched_omp(qy, qf, dy, df, prefilter=m, screen_dtype=screen, **kw)
-    np.testing.assert_array_equal(pre[0].numpy(), exact[0].numpy())
+    for got, want in zip(pre, exact):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
     assert not np.any(exact[0].numpy()[2] == 7)
-    np.testing.assert_allclose(pre[1].numpy(), exact[1].numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(pre[2].numpy(), exact[2].numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_array_equal(pre[3].numpy(), exact[3].numpy())
+
+
+def _first_scores(qy, qf, dy, df, lam_l=1.0, lam_f=0.5):
+    """The first greedy score of every atom, by the formula of batched_omp's docstring (NumPy, float64)."""
+    den = max(lam_l, lam_f) + 1e-4
+    lam_l, lam_f = lam_l / den, lam_f / den
+    a, b = qy.astype(np.float64) @ dy.T, qf.astype(np.float64) @ df.T
+    s_l, s_f = a ** 2 / (dy.astype(np.float64) ** 2).sum(1), b ** 2 / (df.astype(np.float64) ** 2).sum(1)
+    return (lam_l * s_l + lam_f * s_f) * (np.sign(a) + np.sign(b))
 
 
 @pytest.mark.parametrize("screen", ["float32", "bfloat16"])
-def test_pool_covering_the_dictionary_with_a_dynamic_batch_equals_exact(screen):
-    """A batch size unknown when traced: the pool path runs and, 6 x 7 >= 40, covers the dictionary."""
+def test_prefilter_searches_each_images_own_candidates(screen):
+    """M = 6 of 40 atoms: image i's support is exact OMP run on the dictionary restricted to its 6 best atoms
+    by the first score (worked out in NumPy), its near-duplicate removed; the first atom is exact OMP's."""
+    qy, qf, dy, df = _random_problem(seed=3)
+    qf[1] = df[int(np.argmax(_first_scores(qy, qf, dy, df)[1]))]   # image 1 is its own best candidate
+    kw = dict(k=3, lambda_label=1.0, lambda_feature=0.5, threshold=1e-6)
+    m = 6
+    exact = batched_omp(qy, qf, dy, df, **kw)[0].numpy()
+    pre = batched_omp(qy, qf, dy, df, prefilter=m, screen_dtype=screen, **kw)
+    scores = _first_scores(qy, qf, dy, df)
+    for i in range(len(qy)):
+        cand = np.argsort(-scores[i], kind="stable")[:m]
+        cand = np.array([j for j in cand if np.sum((df[j] - qf[i]) ** 2) >= 1e-6])
+        assert len(cand) == (m - 1 if i == 1 else m)
+        own = batched_omp(qy[i:i + 1], qf[i:i + 1], dy[cand], df[cand], **kw)
+        want = np.where(own[0].numpy()[0] >= 0, cand[np.maximum(own[0].numpy()[0], 0)], -1)
+        np.testing.assert_array_equal(pre[0].numpy()[i], want)
+        np.testing.assert_allclose(pre[1].numpy()[i], own[1].numpy()[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(pre[2].numpy()[i], own[2].numpy()[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(pre[0].numpy()[:, 0], exact[:, 0])   # the first step is exact here
+
+
+@pytest.mark.parametrize("screen", ["float32", "bfloat16"])
+def test_prefilter_with_a_dynamic_batch_equals_the_static_batch(screen):
+    """A batch size unknown when traced gives the same supports and coefficients as a static one."""
     qy, qf, dy, df = _random_problem(seed=5)
     kw = dict(k=3, lambda_label=1.0, lambda_feature=0.5, threshold=1e-6)
     spec = [tf.TensorSpec([None, qy.shape[1]], tf.float32), tf.TensorSpec([None, qf.shape[1]], tf.float32)]
     fn = tf.function(lambda a, b: batched_omp(a, b, dy, df, prefilter=7, screen_dtype=screen, **kw),
                      input_signature=spec)
-    got, exact = fn(qy, qf), batched_omp(qy, qf, dy, df, **kw)
-    np.testing.assert_array_equal(got[0].numpy(), exact[0].numpy())
-    np.testing.assert_allclose(got[1].numpy(), exact[1].numpy(), rtol=1e-4, atol=1e-5)
+    got, static = fn(qy, qf), batched_omp(qy, qf, dy, df, prefilter=7, screen_dtype=screen, **kw)
+    np.testing.assert_array_equal(got[0].numpy(), static[0].numpy())
+    np.testing.assert_allclose(got[1].numpy(), static[1].numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("screen", ["float32", "bfloat16"])
@@ -71,25 +100,10 @@ def test_planted_support_recovered_with_few_candidates(screen):
     np.testing.assert_allclose(got, want, rtol=1e-3)
 
 
-def test_prefilter_one_candidate_per_image_searches_the_batch_pool():
-    """M = 1: the pool is the 6 images' exact first atoms; every image's first atom is exact and its later
-    atoms come from the pool, chosen exactly as OMP restricted to the pool would."""
-    qy, qf, dy, df = _random_problem(seed=3)
-    kw = dict(k=3, lambda_label=1.0, lambda_feature=0.5, threshold=1e-6)
-    exact = batched_omp(qy, qf, dy, df, **kw)[0].numpy()
-    pre = batched_omp(qy, qf, dy, df, prefilter=1, **kw)[0].numpy()
-    np.testing.assert_array_equal(pre[:, 0], exact[:, 0])   # the first step is exact
-    union = set(exact[:, 0].tolist())       # two images share their first atom here: 5 distinct
-    pool = np.array(sorted(union | set([j for j in range(40) if j not in union][:6 - len(union)])))
-    assert len(union) == 5 and len(pool) == 6   # padded to B M = 6 with the first other atom
-    on_pool = batched_omp(qy, qf, dy[pool], df[pool], **kw)[0].numpy()
-    np.testing.assert_array_equal(pre, np.where(on_pool >= 0, pool[np.maximum(on_pool, 0)], -1))
-
-
 def test_prefilter_traces_under_xla_and_rejects_negative():
     qy, qf, dy, df = _random_problem(seed=4)
     kw = dict(k=2, lambda_label=1.0, lambda_feature=0.5, threshold=1e-6)
-    # 6 images x 3 candidates < 40 atoms: the pool path (scatter of the pool, static sizes) under XLA
+    # 3 candidates of 40 atoms per image: the candidate path (static sizes) under XLA
     fn = tf.function(lambda: batched_omp(qy, qf, dy, df, prefilter=3, **kw), jit_compile=True)
     np.testing.assert_array_equal(fn()[0].numpy(), batched_omp(qy, qf, dy, df, prefilter=3, **kw)[0].numpy())
     with pytest.raises(ValueError, match="prefilter"):
