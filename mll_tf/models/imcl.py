@@ -100,6 +100,14 @@ def labels_to_pm1(labels):
     return ops.where(y < 0, ops.zeros_like(y), 2.0 * y - 1.0)
 
 
+#: :class:`LabelDependency` multiplies over its nnz entries (gather + segment sum) instead of
+#: the dense [C, C] matrix when nnz * this < C^2 (a sparse graph) ...
+SPARSE_PRODUCT_DENSITY = 8
+#: ... and the [nnz, rows] intermediate has at most this many elements (the selected atoms of
+#: a training step; a dictionary refresh over N rows keeps the dense matmul).
+SPARSE_PRODUCT_MAX_ELEMENTS = 1 << 22
+
+
 @keras.saving.register_keras_serializable(package="mll_tf")
 class UnitInterval(keras.constraints.Constraint):
     """Clips a weight to [0, 1] after each optimiser update.
@@ -126,9 +134,13 @@ class LabelDependency(keras.layers.Layer):
 
     Why values + scatter (not a dense masked variable): the optimiser state
     and update touch only nnz entries, and the pattern is exact by
-    construction. For C = 1000 the dense G is rebuilt with one scatter of nnz
-    values per step (about 4 MB), and the gradient is a gather of nnz entries
-    of the dense gradient.
+    construction. The product ``inputs @ G`` runs over the nnz entries
+    (a gather and a segment sum, O(rows nnz)) when G is sparse
+    (``nnz * SPARSE_PRODUCT_DENSITY < C^2``) and the rows are few (the
+    selected atoms of a step); otherwise (a dictionary refresh over N rows,
+    a dense graph, unknown shapes) G is rebuilt densely with one scatter and
+    multiplied (O(rows C^2)). Both give the same products summed in a
+    different order (float32 round-off).
 
     Args:
         graph: float array-like [C, C] or None. The raw graph (counts, 0/1,
@@ -210,7 +222,30 @@ class LabelDependency(keras.layers.Layer):
         self.values.assign(ops.clip(self.values, 0.0, 1.0))
 
     def call(self, inputs):
-        return ops.matmul(ops.cast(inputs, "float32"), self.dense())
+        x = ops.cast(inputs, "float32")
+        rows = 1
+        for d in x.shape[:-1]:
+            rows = None if d is None or rows is None else rows * int(d)
+        if (rows is not None and self.num_nonzero * SPARSE_PRODUCT_DENSITY < self.num_labels ** 2
+                and rows * self.num_nonzero <= SPARSE_PRODUCT_MAX_ELEMENTS):
+            return self._sparse_product(x)
+        return ops.matmul(x, self.dense())
+
+    def _sparse_product(self, x):
+        """``x @ G`` over the nnz entries only: O(rows nnz) instead of O(rows C^2).
+
+        ``out[:, c] = sum over entries (r, c) of x[:, r] * G[r, c]``: a gather of
+        the entries' source columns and a segment sum into their target columns
+        (the same products as the dense matmul, summed in another order, so the
+        result differs by float32 round-off). Differentiable in ``x`` and
+        ``values``.
+        """
+        shape = tf.shape(x)
+        xt = tf.transpose(tf.reshape(x, [-1, self.num_labels]))            # [C, R]
+        idx = tf.convert_to_tensor(self.indices)
+        terms = tf.gather(xt, idx[:, 0]) * tf.convert_to_tensor(self.values)[:, None]   # [nnz, R]
+        out = tf.math.unsorted_segment_sum(terms, idx[:, 1], self.num_labels)           # [C, R]
+        return tf.reshape(tf.transpose(out), shape)
 
     def compute_output_shape(self, input_shape):
         return input_shape

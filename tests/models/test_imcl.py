@@ -70,6 +70,50 @@ def test_label_dependency_pattern_config_and_clip():
         LabelDependency(GRAPH, num_labels=4)
 
 
+def _sparse_graph(c=40, per_label=2, seed=0):
+    rng = np.random.default_rng(seed)
+    g = np.zeros((c, c), np.float32)
+    g[np.repeat(np.arange(c), per_label), rng.integers(0, c, per_label * c)] = rng.uniform(0.5, 2, per_label * c)
+    return g
+
+
+@pytest.mark.parametrize("shape", [(12, 40), (4, 3, 40)])
+def test_label_dependency_sparse_product_equals_the_dense_matmul(shape, monkeypatch):
+    """A sparse G (nnz * 8 < C^2) and few rows: the product runs over the nnz entries and gives x @ G and its
+    gradients (in x and in the values) as the dense matmul does, to float32 round-off."""
+    import mll_tf.models.imcl as imcl_module
+
+    layer = LabelDependency(_sparse_graph())
+    assert layer.num_nonzero * imcl_module.SPARSE_PRODUCT_DENSITY < 40 ** 2
+    x = tf.constant(np.random.default_rng(1).uniform(-0.5, 1, shape).astype(np.float32))
+    w = tf.constant(np.random.default_rng(2).normal(size=shape).astype(np.float32))
+
+    def value_and_grads():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = layer(x)
+            loss = tf.reduce_sum(out * w)
+        return [out] + tape.gradient(loss, [x, layer.values])
+
+    calls = []
+    real = LabelDependency._sparse_product
+    monkeypatch.setattr(LabelDependency, "_sparse_product", lambda self, v: calls.append(1) or real(self, v))
+    sparse = value_and_grads()
+    assert calls   # the sparse path ran
+    want = np.einsum("...c,cd->...d", x.numpy().astype(np.float64), layer.dense().numpy().astype(np.float64))
+    np.testing.assert_allclose(sparse[0].numpy(), want, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(imcl_module, "SPARSE_PRODUCT_DENSITY", 10 ** 9)   # "dense graph": the dense matmul
+    calls.clear()
+    dense = value_and_grads()
+    assert not calls
+    for a, b in zip(sparse, dense):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(imcl_module, "SPARSE_PRODUCT_DENSITY", 8)
+    monkeypatch.setattr(imcl_module, "SPARSE_PRODUCT_MAX_ELEMENTS", 10)   # too many rows: dense
+    layer(x)
+    assert not calls
+
+
 def _model(feature_map=True, seed=0, **kw):
     keras.utils.set_random_seed(seed)
     model = IMCLModel(C, graph=GRAPH, feature_map=feature_map, **kw)
