@@ -171,31 +171,43 @@ def _greedy(y, f, inner_l_fn, inner_f_fn, atoms_fn, ny, nf, eligible, n, k,
 
 
 def _candidate_search(y, f, dy, df, ny, nf, inner_l0, inner_f0, lam_l, lam_f, threshold, dedup_tol,
-                      m, k, balance, ridge, skip_label, skip_feature, exact_first):
+                      m, checks, k, balance, ridge, skip_label, skip_feature, exact_first):
     """The pre-filter's search: each image's M best atoms by the first score, then OMP over them.
 
     ``inner_l0``/``inner_f0`` [B, N] are the screen's first-step inner products
     (float32, or bfloat16 read back as float32 when ``exact_first``: the
     candidates' ones are then recomputed in float32). ``ny``/``nf`` are [N].
-    Returns ``(indices into the dictionary [B, k], coef_label, coef_feature)``
-    as :func:`_greedy`.
+    Near-duplicates of the image among its candidates are found as in
+    :func:`_exclusion_mask`, with the ``checks`` closest candidates re-checked
+    by the exact distance. Returns ``(indices into the dictionary [B, k],
+    coef_label, coef_feature)`` as :func:`_greedy`.
     """
     weights = (lam_l, lam_f, threshold, balance, ridge, skip_label, skip_feature)
     everything = tf.ones_like(inner_l0, tf.bool)
     score0 = _scores(inner_l0, inner_f0, ny[None, :], nf[None, :], everything, lam_l, lam_f, balance)
     _, cand = tf.math.top_k(score0, k=m)                           # [B, M]
     cy, cf = tf.gather(dy, cand), tf.gather(df, cand)              # [B, M, C], [B, M, E]
-    # near-duplicates of the image among its candidates, by the exact distance
-    eligible = tf.reduce_sum(tf.square(cf - f[:, None, :]), axis=-1) >= tf.square(dedup_tol)
     if exact_first:   # the candidates' first-step inner products in float32
         c_inner_l0, c_inner_f0 = tf.linalg.matvec(cy, y), tf.linalg.matvec(cf, f)
     else:
         c_inner_l0 = tf.gather(inner_l0, cand, batch_dims=1)
         c_inner_f0 = tf.gather(inner_f0, cand, batch_dims=1)
+    c_nf = tf.gather(nf, cand)
+    # near-duplicates of the image among its candidates (the rule of _exclusion_mask)
+    query_sq = tf.reduce_sum(tf.square(f), axis=1)
+    scale = query_sq[:, None] + c_nf
+    approx = scale - 2.0 * c_inner_f0                              # [B, M]
+    suspicious = approx < tf.square(dedup_tol) + 1e-3 * scale
+    _, near = tf.math.top_k(-approx, k=checks)                     # [B, r]
+    rows = tf.gather(cf, near, batch_dims=1)                       # [B, r, E]
+    duplicate = tf.reduce_sum(tf.square(rows - f[:, None, :]), axis=-1) < tf.square(dedup_tol)
+    checked = tf.reduce_any(tf.one_hot(near, m, on_value=True, off_value=False), axis=1)        # [B, M]
+    confirmed = tf.reduce_any(tf.one_hot(near, m, on_value=True, off_value=False) & duplicate[:, :, None], axis=1)
+    eligible = ~(confirmed | (suspicious & ~checked))
     indices, coef_l, coef_f = _greedy(
         y, f, lambda r: tf.linalg.matvec(cy, r), lambda r: tf.linalg.matvec(cf, r),
         lambda i: (tf.gather(cy, i, batch_dims=1), tf.gather(cf, i, batch_dims=1)),
-        tf.gather(ny, cand), tf.gather(nf, cand), eligible, m, k, c_inner_l0, c_inner_f0, weights)
+        tf.gather(ny, cand), c_nf, eligible, m, k, c_inner_l0, c_inner_f0, weights)
     indices = tf.where(indices >= 0, tf.gather(cand, tf.maximum(indices, 0), batch_dims=1),
                        -tf.ones_like(indices))
     return indices, coef_l, coef_f
@@ -282,8 +294,9 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
         prefilter: int M >= 0. 0: exact OMP over the whole dictionary. M > 0:
             candidate pre-filter: the first step's scores (above) are
             computed for all N atoms, each image takes the M atoms with the
-            highest score as its own candidates, drops those within
-            ``dedup_tol`` of it (exact distance), and the greedy steps and
+            highest score as its own candidates, drops its near-duplicates
+            among them (as above, ``dedup_candidates`` of them re-checked
+            exactly), and the greedy steps and
             least-squares refits run over its candidates only, so steps
             2..k cost B M (C + E) (batched matrix-vector products over the
             gathered candidates) instead of B N (C + E). The first atom is
@@ -292,8 +305,7 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
             candidates (the support recall against exact OMP is measured by
             ``benchmarks/bench_imcl.py``). With ``balance`` the screen's
             maxima are over all N atoms and the greedy steps' over the
-            candidates. ``dedup_candidates`` is not used (every candidate is
-            checked exactly). With a static dictionary size ``M >= N``
+            candidates. With a static dictionary size ``M >= N``
             exact OMP runs (no screening).
         screen_dtype: ``"float32"`` or ``"bfloat16"``; with ``prefilter``,
             the dtype of the first step's [B, N] inner products that choose
@@ -391,7 +403,10 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
         args = (y, f, dy, df, ny[0], nf[0], inner_l0, inner_f0, lam_l, lam_f, threshold,
                 tf.cast(dedup_tol, tf.float32))
         m = prefilter if n_static is not None else tf.minimum(prefilter, n)
-        indices, coef_l, coef_f = _candidate_search(*args, m, *static)
+        checks = min(int(dedup_candidates), prefilter)
+        if n_static is None:
+            checks = tf.minimum(checks, m)
+        indices, coef_l, coef_f = _candidate_search(*args, m, checks, *static)
     num_selected = tf.reduce_sum(tf.cast(indices >= 0, tf.int32), axis=1)
     return (tf.stop_gradient(indices), tf.stop_gradient(coef_l),
             tf.stop_gradient(coef_f), tf.stop_gradient(num_selected))
