@@ -56,7 +56,6 @@ deep-object-reid's ``x / 127.5 - 1`` (Keras' is ``x / 128 - 1``);
 original stretches images to 448 x 448, our loader crops the centre).
 """
 
-import json
 import os
 import sys
 
@@ -144,7 +143,7 @@ def _run(argv):
     print(f"imported {len(report['imported'])} variables from {fs.checkpoint} "
           f"({len(report['skipped'])} training-state / unused variables skipped) -> {run_dir}/best.keras; "
           f"evaluate with: python evaluation/evaluate.py --run {run_dir}")
-    print(json.dumps(report["imported"]))
+    print(f"the name mapping (checkpoint -> model) is in {os.path.join(run_dir, 'imported_weights.json')}")
     return 0
 
 

@@ -181,37 +181,55 @@ def _dwconv(x, w, s=1):
     return out
 
 
-def _bn(x, sd, name):
+def _bn(x, sd, name, calibrate=None):
+    if calibrate is not None:   # running statistics = these images' (+ a perturbation), written to the checkpoint
+        rng = np.random.default_rng(len(name))
+        mean = x.mean(axis=(0, 1, 2)) + rng.normal(0, 0.05, x.shape[-1]) * x.std(axis=(0, 1, 2))
+        # 16x the variance and none tiny: BN outputs of std ~1/4 keep the random network well conditioned
+        # (float32 round-off is not amplified through the 40 blocks) and image-dependent
+        var = 16 * (x.var(axis=(0, 1, 2)) + 0.5 * x.var()) * rng.uniform(0.8, 1.25, x.shape[-1])
+        for key, v in ((".running_mean", mean), (".running_var", var)):
+            calibrate[name + key] = v.astype(np.float32)
+            sd[name + key] = calibrate[name + key].astype(np.float64)
     return ((x - sd[name + ".running_mean"]) / np.sqrt(sd[name + ".running_var"] + 1e-3)
             * sd[name + ".weight"] + sd[name + ".bias"])
 
 
-def numpy_efficientnetv2_s(images, sd, prefix):
-    """timm tf_efficientnetv2_s forward_features on RGB [0, 255] normalised with mean = std = 0.5."""
+def numpy_efficientnetv2_s(images, sd, prefix, calibrate=False):
+    """timm tf_efficientnetv2_s forward_features on RGB [0, 255] normalised with mean = std = 0.5.
+
+    ``calibrate``: set every BN's running statistics in ``sd`` (in place) to those of its input on these
+    images, slightly perturbed, so that random weights keep image-dependent features to the last layer
+    (with arbitrary statistics the 40 blocks wash the image out and every photo gets the same features).
+    """
+    out = sd if calibrate else None
     sd = {k: v.astype(np.float64) for k, v in sd.items() if k.startswith(prefix)}
+
+    def bn(x, sd, name):
+        return _bn(x, sd, name, calibrate=out)
     x = (images.astype(np.float64) / 255 - 0.5) / 0.5
-    x = _silu(_bn(_conv(x, sd[prefix + "conv_stem.weight"], 2), sd, prefix + "bn1"))
+    x = _silu(bn(_conv(x, sd[prefix + "conv_stem.weight"], 2), sd, prefix + "bn1"))
     cin = STEM
     for s, (kind, reps, k, stride, e, cout, se) in enumerate(V2_S):
         for b in range(reps):
             p, st = f"{prefix}blocks.{s}.{b}.", stride if b == 0 else 1
             shortcut = x
             if kind == "cn":
-                x = _silu(_bn(_conv(x, sd[p + "conv.weight"], st), sd, p + "bn1"))
+                x = _silu(bn(_conv(x, sd[p + "conv.weight"], st), sd, p + "bn1"))
             elif kind == "er":
-                x = _silu(_bn(_conv(x, sd[p + "conv_exp.weight"], st), sd, p + "bn1"))
-                x = _bn(_conv(x, sd[p + "conv_pwl.weight"]), sd, p + "bn2")
+                x = _silu(bn(_conv(x, sd[p + "conv_exp.weight"], st), sd, p + "bn1"))
+                x = bn(_conv(x, sd[p + "conv_pwl.weight"]), sd, p + "bn2")
             else:
-                x = _silu(_bn(_conv(x, sd[p + "conv_pw.weight"]), sd, p + "bn1"))
-                x = _silu(_bn(_dwconv(x, sd[p + "conv_dw.weight"], st), sd, p + "bn2"))
+                x = _silu(bn(_conv(x, sd[p + "conv_pw.weight"]), sd, p + "bn1"))
+                x = _silu(bn(_dwconv(x, sd[p + "conv_dw.weight"], st), sd, p + "bn2"))
                 z = x.mean(axis=(1, 2), keepdims=True)
                 z = _silu(z @ sd[p + "se.conv_reduce.weight"][:, :, 0, 0].T + sd[p + "se.conv_reduce.bias"])
                 x = x * _sigmoid(z @ sd[p + "se.conv_expand.weight"][:, :, 0, 0].T + sd[p + "se.conv_expand.bias"])
-                x = _bn(_conv(x, sd[p + "conv_pwl.weight"]), sd, p + "bn3")
+                x = bn(_conv(x, sd[p + "conv_pwl.weight"]), sd, p + "bn3")
             if st == 1 and cin == cout:
                 x = x + shortcut
             cin = cout
-    return _silu(_bn(_conv(x, sd[prefix + "conv_head.weight"]), sd, prefix + "bn2"))   # [N, h, w, 1280]
+    return _silu(bn(_conv(x, sd[prefix + "conv_head.weight"]), sd, prefix + "bn2"))   # [N, h, w, 1280]
 
 
 def _normalize(x, axis):
@@ -286,7 +304,12 @@ def photos():
 def backbone(photos):
     """Random timm weights (under ``model.`` and ``backbone.model.``) and their NumPy features on the photos."""
     sd = _timm_backbone(np.random.default_rng(0), "model.")
-    return sd, numpy_efficientnetv2_s(photos, sd, "model.")
+    numpy_efficientnetv2_s(photos, sd, "model.", calibrate=True)
+    feat = numpy_efficientnetv2_s(photos, sd, "model.")
+    pooled = feat.mean(axis=(1, 2))
+    # the two photos' features differ (a wrong kernel layout, stride or padding would show in the comparison)
+    assert np.abs(pooled[0] - pooled[1]).mean() > 0.1 * np.abs(pooled).mean()
+    return sd, feat
 
 
 @pytest.fixture(scope="module")
