@@ -104,8 +104,11 @@ def labels_to_pm1(labels):
 #: the dense [C, C] matrix when nnz * this < C^2 (a sparse graph) ...
 SPARSE_PRODUCT_DENSITY = 8
 #: ... and the [nnz, rows] intermediate has at most this many elements (the selected atoms of
-#: a training step; a dictionary refresh over N rows keeps the dense matmul).
+#: a training step; a dictionary refresh over N rows keeps the dense matmul) ...
 SPARSE_PRODUCT_MAX_ELEMENTS = 1 << 22
+#: ... and there are at least this many labels (below, the dense [C, C] product is cheaper than
+#: the gather and segment sum).
+SPARSE_PRODUCT_MIN_LABELS = 512
 
 
 @keras.saving.register_keras_serializable(package="mll_tf")
@@ -226,7 +229,8 @@ class LabelDependency(keras.layers.Layer):
         rows = 1
         for d in x.shape[:-1]:
             rows = None if d is None or rows is None else rows * int(d)
-        if (rows is not None and self.num_nonzero * SPARSE_PRODUCT_DENSITY < self.num_labels ** 2
+        if (rows is not None and self.num_labels >= SPARSE_PRODUCT_MIN_LABELS
+                and self.num_nonzero * SPARSE_PRODUCT_DENSITY < self.num_labels ** 2
                 and rows * self.num_nonzero <= SPARSE_PRODUCT_MAX_ELEMENTS):
             return self._sparse_product(x)
         return ops.matmul(x, self.dense())

@@ -79,12 +79,13 @@ def _sparse_graph(c=40, per_label=2, seed=0):
 
 @pytest.mark.parametrize("shape", [(12, 40), (4, 3, 40)])
 def test_label_dependency_sparse_product_equals_the_dense_matmul(shape, monkeypatch):
-    """A sparse G (nnz * 8 < C^2) and few rows: the product runs over the nnz entries and gives x @ G and its
+    """A large sparse G (C >= 512 labels, here lowered to 32; nnz * 8 < C^2) and few rows: the product runs over the nnz entries and gives x @ G and its
     gradients (in x and in the values) as the dense matmul does, to float32 round-off."""
     import mll_tf.models.imcl as imcl_module
 
     layer = LabelDependency(_sparse_graph())
     assert layer.num_nonzero * imcl_module.SPARSE_PRODUCT_DENSITY < 40 ** 2
+    monkeypatch.setattr(imcl_module, "SPARSE_PRODUCT_MIN_LABELS", 32)   # 40 labels count as many here
     x = tf.constant(np.random.default_rng(1).uniform(-0.5, 1, shape).astype(np.float32))
     w = tf.constant(np.random.default_rng(2).normal(size=shape).astype(np.float32))
 
@@ -110,6 +111,10 @@ def test_label_dependency_sparse_product_equals_the_dense_matmul(shape, monkeypa
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
     monkeypatch.setattr(imcl_module, "SPARSE_PRODUCT_DENSITY", 8)
     monkeypatch.setattr(imcl_module, "SPARSE_PRODUCT_MAX_ELEMENTS", 10)   # too many rows: dense
+    layer(x)
+    assert not calls
+    monkeypatch.setattr(imcl_module, "SPARSE_PRODUCT_MAX_ELEMENTS", 1 << 22)
+    monkeypatch.setattr(imcl_module, "SPARSE_PRODUCT_MIN_LABELS", 512)   # the default: 40 labels are too few
     layer(x)
     assert not calls
 
