@@ -239,37 +239,26 @@ def vgg19_backbone(weights="imagenet", input_size=(224, 224)):
         WeightsUnavailableError, FileNotFoundError, ValueError: see
             :func:`resolve_weights`.
     """
-    from mll_tf.backbones import Backbone
-
     path, provenance = resolve_weights("vgg19", weights)
     shape = _input_shape(input_size)
     # the inner net takes any size: OASS clones the backbone on tiles and patches (flexible_input)
     app = keras.applications.VGG19(include_top=False, weights=path, input_shape=(None, None, 3))
     tap = keras.Model(app.input, app.get_layer("block5_conv4").output,
                       name="vgg19_block5_conv4")
-    inputs = keras.Input(shape=shape, name="rgb_0_255")
-    outputs = tap(CaffePreprocess(name="caffe_preprocess")(inputs))
-    model = keras.Model(inputs, outputs, name="vgg19_features")
     rs = _resize_shorter(input_size)
-    return Backbone(
-        name="vgg19",
-        model=model,
-        input_size=tuple(input_size),
-        feature_shape=tuple(model.output.shape[1:]),
-        weights=provenance,
-        preprocessing=(
-            f"RGB in [0,255]; loader: shorter side resized to {rs} "
-            f"(round(256/224 x input size)), central {shape[0]}x{shape[1]} crop, as "
-            "LESA's slim vgg_preprocessing (eval); inside the model: caffe-style "
-            "RGB->BGR flip and subtraction of the BGR means (103.939, 116.779, 123.68), "
-            "= keras.applications.vgg19.preprocess_input. Keras' VGG19 weights are the "
-            "Caffe (BGR) release; LESA's slim vgg_19_2016_08_28 checkpoint takes RGB "
-            "minus the RGB means (123.68, 116.78, 103.94): both come from the Caffe VGG19 "
-            "release with the first conv's input channels in opposite order, so with "
-            "each one's own preprocessing they should compute the same features "
-            "(expected, not verified)"),
-        resize_shorter=rs,
-    )
+    return _caffe_backbone(
+        "vgg19", tap, input_size, provenance,
+        f"RGB in [0,255]; loader: shorter side resized to {rs} "
+        f"(round(256/224 x input size)), central {shape[0]}x{shape[1]} crop, as "
+        "LESA's slim vgg_preprocessing (eval); inside the model: caffe-style "
+        "RGB->BGR flip and subtraction of the BGR means (103.939, 116.779, 123.68), "
+        "= keras.applications.vgg19.preprocess_input. Keras' VGG19 weights are the "
+        "Caffe (BGR) release; LESA's slim vgg_19_2016_08_28 checkpoint takes RGB "
+        "minus the RGB means (123.68, 116.78, 103.94): both come from the Caffe VGG19 "
+        "release with the first conv's input channels in opposite order, so with "
+        "each one's own preprocessing they should compute the same features "
+        "(expected, not verified)",
+        resize_shorter=rs)
 
 
 def resnet101_backbone(weights="imagenet", input_size=(224, 224)):
@@ -298,34 +287,27 @@ def resnet101_backbone(weights="imagenet", input_size=(224, 224)):
         WeightsUnavailableError, FileNotFoundError, ValueError: see
             :func:`resolve_weights`.
     """
-    from mll_tf.backbones import Backbone
-
     path, provenance = resolve_weights("resnet101", weights)
     shape = _input_shape(input_size)
     app = keras.applications.ResNet101(include_top=False, weights=path,
                                        input_shape=shape, pooling="avg")
-    inputs = keras.Input(shape=shape, name="rgb_0_255")
-    x = app(CaffePreprocess(name="caffe_preprocess")(inputs))
-    outputs = keras.layers.Reshape((1, 1, x.shape[-1]), name="pool5_map")(x)
-    model = keras.Model(inputs, outputs, name="resnet101_features")
+
+    def pool5_map(x):
+        x = app(x)
+        return keras.layers.Reshape((1, 1, x.shape[-1]), name="pool5_map")(x)
+
     rs = _resize_shorter(input_size)
-    return Backbone(
-        name="resnet101",
-        model=model,
-        input_size=tuple(input_size),
-        feature_shape=tuple(model.output.shape[1:]),
-        weights=provenance,
-        preprocessing=(
-            f"RGB in [0,255]; loader: shorter side resized to {rs} "
-            f"(round(256/224 x input size)), central {shape[0]}x{shape[1]} crop "
-            "(slim vgg_preprocessing, which slim uses for resnet_v1_101); inside the "
-            "model: caffe-style RGB->BGR flip and subtraction of the BGR means "
-            "(103.939, 116.779, 123.68), = keras.applications.resnet.preprocess_input. "
-            "Keras ResNet101 is the MSRA Caffe ResNet-101 port (stride on the first 1x1 "
-            "conv), not slim resnet_v1_101 (stride on the 3x3 conv, RGB input) as used "
-            "by IMCL; output = global average pool (pool5), 2048-d, as a 1x1 map"),
-        resize_shorter=rs,
-    )
+    return _caffe_backbone(
+        "resnet101", pool5_map, input_size, provenance,
+        f"RGB in [0,255]; loader: shorter side resized to {rs} "
+        f"(round(256/224 x input size)), central {shape[0]}x{shape[1]} crop "
+        "(slim vgg_preprocessing, which slim uses for resnet_v1_101); inside the "
+        "model: caffe-style RGB->BGR flip and subtraction of the BGR means "
+        "(103.939, 116.779, 123.68), = keras.applications.resnet.preprocess_input. "
+        "Keras ResNet101 is the MSRA Caffe ResNet-101 port (stride on the first 1x1 "
+        "conv), not slim resnet_v1_101 (stride on the 3x3 conv, RGB input) as used "
+        "by IMCL; output = global average pool (pool5), 2048-d, as a 1x1 map",
+        resize_shorter=rs)
 
 
 def resnet50_backbone(weights="imagenet", input_size=(448, 448)):
@@ -361,6 +343,19 @@ def resnet50_backbone(weights="imagenet", input_size=(448, 448)):
 
 def _resnet50_backbone(name, net, input_size, provenance, output):
     """A Backbone ``name``: RGB [0, 255] -> caffe preprocessing -> ``net`` (a ResNet-50 trunk)."""
+    return _caffe_backbone(
+        name, net, input_size, provenance,
+        "RGB in [0,255]; loader: shorter side resized to the input size, central crop; "
+        "inside the model: caffe-style RGB->BGR flip and subtraction of the BGR means "
+        "(103.939, 116.779, 123.68), = keras.applications.resnet50.preprocess_input; " + output)
+
+
+def _caffe_backbone(name, net, input_size, provenance, preprocessing, resize_shorter=None):
+    """A Backbone ``name``: RGB [0, 255] -> :class:`CaffePreprocess` -> ``net``.
+
+    ``net`` is a Keras model or a callable on Keras tensors; the model is
+    ``<name>_features`` with the input ``rgb_0_255`` of ``input_size``.
+    """
     from mll_tf.backbones import Backbone
 
     shape = _input_shape(input_size)
@@ -372,10 +367,8 @@ def _resnet50_backbone(name, net, input_size, provenance, output):
         input_size=tuple(input_size),
         feature_shape=tuple(model.output.shape[1:]),
         weights=provenance,
-        preprocessing=(
-            "RGB in [0,255]; loader: shorter side resized to the input size, central crop; "
-            "inside the model: caffe-style RGB->BGR flip and subtraction of the BGR means "
-            "(103.939, 116.779, 123.68), = keras.applications.resnet50.preprocess_input; " + output),
+        preprocessing=preprocessing,
+        resize_shorter=resize_shorter,
     )
 
 
