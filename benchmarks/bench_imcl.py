@@ -28,15 +28,18 @@ Why the 0.25 goal is out of reach with an exact OMP (multiply-adds per step):
 
 * logistic: forward + weight gradient 2 B D C = 131 M (plus RMSprop on 2 M
   parameters);
-* IMCL adds, per OMP step, the scores of all N atoms: B N (C + D + 1) = 976 M
-  (any exact argmax needs them; steps 2..k cost the same again), and the
-  atoms' forward + backward through Theta and G: 2 B k (D C + C^2) = 195 M
-  per unit of k; the exact (reference) mode also recomputes the dictionary
-  predictions, N (D C + C^2) = 30.5 G.
+* IMCL adds, per OMP step of the exact search, the scores of all N atoms:
+  B N (C + D + 1) = 976 M (any exact argmax needs them; steps 2..k cost the
+  same again); with the pre-filter (M candidates per image) the first step
+  only, then B M (C + D + 1) per step (6 M at M = 64) over gathered rows,
+  which is memory-bound; the atoms' forward + backward through Theta:
+  2 B k D C = 131 M per unit of k (G's product runs over its nnz entries for
+  a large sparse graph); the exact (reference) mode also recomputes the
+  dictionary predictions, N (D C + C^2) = 30.5 G.
 
-So even k = 1 with a cached dictionary is ~10x the logistic step's
-arithmetic (k = 3: ~25x); measured ratios are a bit better only because the
-small logistic step is not compute-bound.
+So even k = 1 with a cached dictionary is ~8x the logistic step's
+arithmetic; the pre-filter's screen alone (976 M, in bfloat16 at the CPU's
+BF16 rate) is more than the whole logistic step.
 
 Usage:
     python benchmarks/bench_imcl.py --steps 20 --k 3
