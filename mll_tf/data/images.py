@@ -39,22 +39,6 @@ def is_svg(path):
     return b"<svg" in head and (head.startswith(b"<") or head.startswith(b"<?xml"))
 
 
-def _reset_font_state():
-    """Reset cairo's font caches, so that the next drawing renders as in a fresh process.
-
-    cairo keeps the font faces it resolved (the clip-art's "Bitstream Vera
-    Sans" falls back to another font) with state from the first text it laid
-    out, so the same drawing's text came out differently depending on which
-    drawing with text a process rendered first; with several decoding
-    processes, whose first drawings depend on scheduling, extraction was not
-    reproducible (a few text drawings per thousand). Resetting before every
-    drawing makes the rendering a function of the file alone.
-    """
-    from cairocffi import cairo as _lib
-
-    _lib.cairo_debug_reset_static_data()
-
-
 def render_svg(path, size, resize_shorter=None):
     """Render an SVG to an RGB ``uint8 [size, size, 3]`` array on white.
 
@@ -72,7 +56,6 @@ def render_svg(path, size, resize_shorter=None):
 
     if os.path.getsize(path) == 0:
         raise ValueError("empty file")
-    _reset_font_state()
     png = cairosvg.svg2png(url=path, output_width=size)
     im = Image.open(io.BytesIO(png)).convert("RGBA")
     white = Image.new("RGBA", im.size, (255, 255, 255, 255))

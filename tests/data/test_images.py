@@ -27,35 +27,3 @@ def test_alpha_on_white_and_errors(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     with pytest.raises(OSError):
         load_rgb_center_crop(str(tmp_path / "bad.jpg"), 4)
-
-
-_TEXT_DRAWINGS = ["/usr/share/openclipart/svg/computer/hardware/hub_ruairi_hann_r.svg",
-                  "/usr/share/openclipart/svg/logos/info_michael_tunnicliffe_01.svg"]
-_RENDER = """
-import hashlib, sys
-import numpy as np
-from mll_tf.data.images import decode_image
-print(" ".join(hashlib.md5(np.asarray(decode_image(p, 224)).tobytes()).hexdigest() for p in sys.argv[1:]))
-"""
-
-
-def test_svg_text_renders_the_same_whichever_drawing_came_first():
-    """Two clip-art drawings with text (font "Bitstream Vera Sans", not installed: a fallback), each rendered
-    first in a fresh process: before the font state was reset per drawing, the drawing rendered first set the
-    fallback's state and the other one's text came out differently in the two orders."""
-    import os
-    import subprocess
-    import sys
-
-    if not all(os.path.exists(p) for p in _TEXT_DRAWINGS):
-        pytest.skip("the Debian package openclipart-svg is not installed (make install installs it)")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, PYTHONPATH=root)
-
-    def hashes(order):
-        out = subprocess.run([sys.executable, "-c", _RENDER, *order], env=env, capture_output=True, text=True,
-                             check=True).stdout.split()
-        return dict(zip(order, out))
-
-    forward, backward = hashes(_TEXT_DRAWINGS), hashes(_TEXT_DRAWINGS[::-1])
-    assert forward == backward
