@@ -79,37 +79,31 @@ def _inner(queries, dictionary):
     return tf.transpose(tf.matmul(dictionary, queries, transpose_b=True))
 
 
-def _exclusion_mask(query, dictionary, query_sq, dict_sq, inner, dedup_tol,
-                    candidates):
-    """bool [B, N], True where ``||d_j - q_i|| < dedup_tol`` (near-duplicate).
+def _exclusion_mask(query, query_sq, atom_sq, inner, rows_of, dedup_tol, candidates):
+    """bool [B, n], True where ``||a_j - q_i|| < dedup_tol`` (near-duplicate).
 
-    The distance from the matmul (``|q|^2 + |d|^2 - 2 <q, d>``) cancels
+    The atoms are the whole dictionary (``atom_sq`` [N]) or each image's
+    candidates (``atom_sq`` [B, M]); ``inner`` [B, n] holds ``<q_i, a_j>``
+    and ``rows_of(idx [B, r]) -> [B, r, E]`` returns the atoms' float32 rows.
+    The distance from the matmul (``|q|^2 + |a|^2 - 2 <q, a>``) cancels
     catastrophically for near-identical float32 vectors of large norm, so it is
-    only used to find candidates: the ``candidates`` dictionary entries
-    closest to each query are re-checked with the exact ``sum((d - q)^2)``.
-    Entries whose approximate squared distance is below
-    ``dedup_tol^2 + 1e-3 * (|q|^2 + |d|^2)`` but which are not among those
-    re-checked are excluded conservatively (this needs more than
-    ``candidates`` near-identical dictionary entries for one image).
+    only used to find candidates: the ``candidates`` atoms closest to each
+    query are re-checked with the exact ``sum((a - q)^2)``. Atoms whose
+    approximate squared distance is below ``dedup_tol^2 + 1e-3 * (|q|^2 +
+    |a|^2)`` but which are not among those re-checked are excluded
+    conservatively (this needs more than ``candidates`` near-identical atoms
+    for one image).
     """
-    n = tf.shape(dictionary)[0]
     tol2 = tf.cast(dedup_tol, query.dtype) ** 2
-    scale = query_sq[:, None] + dict_sq[None, :]
-    approx = scale - 2.0 * inner                                   # [B, N]
+    scale = query_sq[:, None] + atom_sq
+    approx = scale - 2.0 * inner                                   # [B, n]
     suspicious = approx < tol2 + 1e-3 * scale
-    m = candidates
-    _, top = tf.math.top_k(-approx, k=m)                           # [B, m]
-    rows = tf.gather(dictionary, top)                              # [B, m, E]
-    exact = tf.reduce_sum(tf.square(rows - query[:, None, :]), axis=-1)
-    duplicate = tf.cast(exact < tol2, query.dtype)                 # [B, m]
-    batch = tf.shape(top)[0]
-    pos = tf.stack([tf.repeat(tf.range(batch), m), tf.reshape(top, [-1])],
-                   axis=1)                                         # [B m, 2]
-    shape = tf.stack([batch, n])
-    # top_k indices are distinct within a row, so scatter_nd's sums are 0/1.
-    checked = tf.scatter_nd(pos, tf.ones([batch * m], query.dtype), shape) > 0
-    excluded = tf.scatter_nd(pos, tf.reshape(duplicate, [-1]), shape) > 0
-    return excluded | (suspicious & ~checked)
+    _, top = tf.math.top_k(-approx, k=candidates)                  # [B, r]
+    exact = tf.reduce_sum(tf.square(rows_of(top) - query[:, None, :]), axis=-1)
+    hit = tf.one_hot(top, tf.shape(inner)[1], on_value=True, off_value=False)   # [B, r, n]
+    checked = tf.reduce_any(hit, axis=1)
+    confirmed = tf.reduce_any(hit & (exact < tol2)[:, :, None], axis=1)
+    return confirmed | (suspicious & ~checked)
 
 
 def _scores(inner_l, inner_f, ny, nf, eligible, lam_l, lam_f, balance):
@@ -177,7 +171,7 @@ def _candidate_search(y, f, dy, df, ny, nf, inner_l0, inner_f0, lam_l, lam_f, th
     ``inner_l0``/``inner_f0`` [B, N] are the screen's first-step inner products
     (float32, or bfloat16 read back as float32 when ``exact_first``: the
     candidates' ones are then recomputed in float32). ``ny``/``nf`` are [N].
-    Near-duplicates of the image among its candidates are found as in
+    Near-duplicates of the image among its candidates are found by
     :func:`_exclusion_mask`, with the ``checks`` closest candidates re-checked
     by the exact distance. Returns ``(indices into the dictionary [B, k],
     coef_label, coef_feature)`` as :func:`_greedy`.
@@ -193,17 +187,9 @@ def _candidate_search(y, f, dy, df, ny, nf, inner_l0, inner_f0, lam_l, lam_f, th
         c_inner_l0 = tf.gather(inner_l0, cand, batch_dims=1)
         c_inner_f0 = tf.gather(inner_f0, cand, batch_dims=1)
     c_nf = tf.gather(nf, cand)
-    # near-duplicates of the image among its candidates (the rule of _exclusion_mask)
-    query_sq = tf.reduce_sum(tf.square(f), axis=1)
-    scale = query_sq[:, None] + c_nf
-    approx = scale - 2.0 * c_inner_f0                              # [B, M]
-    suspicious = approx < tf.square(dedup_tol) + 1e-3 * scale
-    _, near = tf.math.top_k(-approx, k=checks)                     # [B, r]
-    rows = tf.gather(cf, near, batch_dims=1)                       # [B, r, E]
-    duplicate = tf.reduce_sum(tf.square(rows - f[:, None, :]), axis=-1) < tf.square(dedup_tol)
-    checked = tf.reduce_any(tf.one_hot(near, m, on_value=True, off_value=False), axis=1)        # [B, M]
-    confirmed = tf.reduce_any(tf.one_hot(near, m, on_value=True, off_value=False) & duplicate[:, :, None], axis=1)
-    eligible = ~(confirmed | (suspicious & ~checked))
+    # near-duplicates of the image among its candidates
+    eligible = ~_exclusion_mask(f, tf.reduce_sum(tf.square(f), axis=1), c_nf, c_inner_f0,
+                                lambda near: tf.gather(cf, near, batch_dims=1), dedup_tol, checks)
     indices, coef_l, coef_f = _greedy(
         y, f, lambda r: tf.linalg.matvec(cy, r), lambda r: tf.linalg.matvec(cf, r),
         lambda i: (tf.gather(cy, i, batch_dims=1), tf.gather(cf, i, batch_dims=1)),
@@ -211,7 +197,6 @@ def _candidate_search(y, f, dy, df, ny, nf, inner_l0, inner_f0, lam_l, lam_f, th
     indices = tf.where(indices >= 0, tf.gather(cand, tf.maximum(indices, 0), batch_dims=1),
                        -tf.ones_like(indices))
     return indices, coef_l, coef_f
-
 
 
 def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
@@ -391,9 +376,8 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
     weights = (lam_l, lam_f, threshold, balance, ridge, skip_label, skip_feature)
 
     if prefilter == 0:
-        excluded = _exclusion_mask(f, df, tf.reduce_sum(tf.square(f), axis=1),
-                                   nf[0], inner_f0, dedup_tol, candidates)
-        eligible = ~excluded
+        eligible = ~_exclusion_mask(f, tf.reduce_sum(tf.square(f), axis=1), nf[0], inner_f0,
+                                    lambda top: tf.gather(df, top), dedup_tol, candidates)
         indices, coef_l, coef_f = _greedy(
             y, f, lambda r: _inner(r, dy), lambda r: _inner(r, df),
             lambda i: (tf.gather(dy, i), tf.gather(df, i)),
