@@ -160,25 +160,20 @@ def _same_pad(x, k, s):
     return np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))), oh, ow
 
 
+def _taps(x, k, s):
+    """(i, j, the input window of tap (i, j)) for a k x k kernel at stride s, TF "same" padding."""
+    xp, oh, ow = _same_pad(x, k, s)
+    return ((i, j, xp[:, i:i + s * oh:s, j:j + s * ow:s, :]) for i in range(k) for j in range(k))
+
+
 def _conv(x, w, s=1):
     """Per-tap convolution, w [O, I, k, k] (PyTorch layout)."""
-    k = w.shape[-1]
-    xp, oh, ow = _same_pad(x, k, s)
-    out = 0
-    for i in range(k):
-        for j in range(k):
-            out = out + xp[:, i:i + s * oh:s, j:j + s * ow:s, :] @ w[:, :, i, j].T
-    return out
+    return sum(tap @ w[:, :, i, j].T for i, j, tap in _taps(x, w.shape[-1], s))
 
 
 def _dwconv(x, w, s=1):
-    k = w.shape[-1]
-    xp, oh, ow = _same_pad(x, k, s)
-    out = 0
-    for i in range(k):
-        for j in range(k):
-            out = out + xp[:, i:i + s * oh:s, j:j + s * ow:s, :] * w[:, 0, i, j]
-    return out
+    """Per-tap depthwise convolution, w [C, 1, k, k] (PyTorch layout)."""
+    return sum(tap * w[:, 0, i, j] for i, j, tap in _taps(x, w.shape[-1], s))
 
 
 def _bn(x, sd, name, calibrate=None):
