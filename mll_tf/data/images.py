@@ -22,6 +22,7 @@ skipped), as are NaN/Inf values and 32-bit integer images outside [0, 65535].
 
 import io
 import os
+import threading
 
 import numpy as np
 
@@ -39,12 +40,68 @@ def is_svg(path):
     return b"<svg" in head and (head.startswith(b"<") or head.startswith(b"<?xml"))
 
 
+#: Font size (in user units, identity transform) at which a font face is resolved for the whole process.
+_PIN_FONT_SIZE = 12.0
+_PINNED_FACES = {}
+_PIN_LOCK = threading.Lock()
+
+
+def _pin_font_face(family, slant, weight):
+    """Resolve cairo's font face ``(family, slant, weight)`` once per process, at a fixed size, and keep it.
+
+    cairo resolves a toy font face (the family names of SVG text) through
+    fontconfig the first time it is used and keeps that resolution while the
+    face is alive, and the resolution depends on the size and transform of
+    that first use (fontconfig's pixel size). A family that is not installed
+    (the clip-art's "Bitstream Vera Sans") therefore came out differently
+    depending on which drawing with text a process rendered first; with
+    several decoding processes, whose first drawings depend on scheduling,
+    extraction was not reproducible on a few drawings. Holding a reference to
+    the face, resolved at :data:`_PIN_FONT_SIZE` before any drawing uses it,
+    makes every drawing's text a function of the file alone (in any order,
+    any process, any thread). Thread-safe.
+    """
+    key = (family, slant, weight)
+    if key in _PINNED_FACES:
+        return
+    import cairocffi
+
+    with _PIN_LOCK:
+        if key not in _PINNED_FACES:
+            face = cairocffi.ToyFontFace(family, slant, weight)
+            scaled = cairocffi.ScaledFont(face, cairocffi.Matrix(xx=_PIN_FONT_SIZE, yy=_PIN_FONT_SIZE))
+            _PINNED_FACES[key] = (face, scaled)
+
+
+def _install_font_pinning():
+    """Make ``cairocffi.Context.select_font_face`` (what cairosvg calls for text) pin the face first.
+
+    Idempotent; the wrapped method then behaves as the original.
+    """
+    import cairocffi
+
+    original = cairocffi.Context.select_font_face
+    if getattr(original, "_mll_pins_faces", False):
+        return
+
+    def select_font_face(self, family="", slant=cairocffi.FONT_SLANT_NORMAL,
+                         weight=cairocffi.FONT_WEIGHT_NORMAL):
+        _pin_font_face(family, slant, weight)
+        return original(self, family, slant, weight)
+
+    select_font_face._mll_pins_faces = True
+    select_font_face.__doc__ = original.__doc__
+    cairocffi.Context.select_font_face = select_font_face
+
+
 def render_svg(path, size, resize_shorter=None):
     """Render an SVG to an RGB ``uint8 [size, size, 3]`` array on white.
 
     cairosvg renders the drawing at width ``size``; it is composited on white
     and padded (never cropped) to a square. ``resize_shorter`` is accepted for
-    the common decoder signature and ignored.
+    the common decoder signature and ignored. Text renders the same whatever
+    the process rendered before (fonts resolved once, at a fixed size:
+    :func:`_pin_font_face`).
 
     Raises:
         ValueError: if the file is empty.
@@ -56,6 +113,7 @@ def render_svg(path, size, resize_shorter=None):
 
     if os.path.getsize(path) == 0:
         raise ValueError("empty file")
+    _install_font_pinning()
     png = cairosvg.svg2png(url=path, output_width=size)
     im = Image.open(io.BytesIO(png)).convert("RGBA")
     white = Image.new("RGBA", im.size, (255, 255, 255, 255))
