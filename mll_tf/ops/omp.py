@@ -19,6 +19,10 @@ import tensorflow as tf
 #: weights by it (reference ``denominator = max(...) + 0.0001``).
 LAMBDA_NORMALIZER_EPS = 1e-4
 
+#: With a bfloat16 screen, the first greedy step is decided in float32 among
+#: each image's this many best eligible candidates by the screen's score.
+FIRST_STEP_RESCORED = 8
+
 
 def _is_static_zero(value):
     """True if ``value`` is a Python/NumPy number equal to 0 (not a tensor)."""
@@ -79,7 +83,7 @@ def _inner(queries, dictionary):
     return tf.transpose(tf.matmul(dictionary, queries, transpose_b=True))
 
 
-def _exclusion_mask(query, query_sq, atom_sq, inner, rows_of, dedup_tol, candidates):
+def _exclusion_mask(query, query_sq, atom_sq, inner, rows_of, dedup_tol, candidates, slack=1e-3):
     """bool [B, n], True where ``||a_j - q_i|| < dedup_tol`` (near-duplicate).
 
     The atoms are the whole dictionary (``atom_sq`` [N]) or each image's
@@ -90,14 +94,15 @@ def _exclusion_mask(query, query_sq, atom_sq, inner, rows_of, dedup_tol, candida
     only used to find candidates: the ``candidates`` atoms closest to each
     query are re-checked with the exact ``sum((a - q)^2)``. Atoms whose
     approximate squared distance is below ``dedup_tol^2 + 1e-3 * (|q|^2 +
-    |a|^2)`` but which are not among those re-checked are excluded
-    conservatively (this needs more than ``candidates`` near-identical atoms
-    for one image).
+    |a|^2)`` (``slack`` instead of 1e-3 when the inner products are rounded
+    more than float32's) but which are not among those re-checked are
+    excluded conservatively (this needs more than ``candidates``
+    near-identical atoms for one image).
     """
     tol2 = tf.cast(dedup_tol, query.dtype) ** 2
     scale = query_sq[:, None] + atom_sq
     approx = scale - 2.0 * inner                                   # [B, n]
-    suspicious = approx < tol2 + 1e-3 * scale
+    suspicious = approx < tol2 + slack * scale
     _, top = tf.math.top_k(-approx, k=candidates)                  # [B, r]
     exact = tf.reduce_sum(tf.square(rows_of(top) - query[:, None, :]), axis=-1)
     hit = tf.one_hot(top, tf.shape(inner)[1], on_value=True, off_value=False)   # [B, r, n]
@@ -122,14 +127,15 @@ def _scores(inner_l, inner_f, ny, nf, eligible, lam_l, lam_f, balance):
 
 
 def _greedy(y, f, inner_l_fn, inner_f_fn, atoms_fn, ny, nf, eligible, n, k,
-            inner_l0, inner_f0, weights):
+            inner_l0, inner_f0, weights, first_pool=None):
     """The ``k`` greedy steps of :func:`batched_omp` over ``n`` atoms per image.
 
     ``inner_*_fn(residual [B, .]) -> [B, n]`` and ``atoms_fn(indices [B, k])
     -> (label atoms [B, k, C], feature atoms [B, k, E])`` address either the
     whole dictionary or each image's candidates; ``ny``/``nf`` broadcast to
-    [B, n]. Returns (indices [B, k] into the n atoms, -1 unused; coef_label;
-    coef_feature).
+    [B, n]. ``first_pool`` (bool [B, n] or None): the atoms the first step may
+    choose from. Returns (indices [B, k] into the n atoms, -1 unused;
+    coef_label; coef_feature).
     """
     lam_l, lam_f, threshold, balance, ridge, skip_label, skip_feature = weights
     neg_inf = tf.constant(float("-inf"), tf.float32)
@@ -147,6 +153,8 @@ def _greedy(y, f, inner_l_fn, inner_f_fn, atoms_fn, ny, nf, eligible, n, k,
             inner_f = inner_f_fn(res_f)
         score = _scores(inner_l, inner_f, ny, nf, eligible, lam_l, lam_f, balance)
         score = tf.where(eligible & ~selected, score, neg_inf)
+        if step == 0 and first_pool is not None:
+            score = tf.where(first_pool, score, neg_inf)
         best = tf.argmax(score, axis=1, output_type=tf.int32)      # [B]
         best_score = tf.reduce_max(score, axis=1)
         active = active & (best_score >= threshold)
@@ -165,15 +173,21 @@ def _greedy(y, f, inner_l_fn, inner_f_fn, atoms_fn, ny, nf, eligible, n, k,
 
 
 def _candidate_search(y, f, dy, df, ny, nf, inner_l0, inner_f0, lam_l, lam_f, threshold, dedup_tol,
-                      m, checks, k, balance, ridge, skip_label, skip_feature, exact_first):
+                      m, checks, rescored, k, balance, ridge, skip_label, skip_feature, screened):
     """The pre-filter's search: each image's M best atoms by the first score, then OMP over them.
 
     ``inner_l0``/``inner_f0`` [B, N] are the screen's first-step inner products
-    (float32, or bfloat16 read back as float32 when ``exact_first``: the
-    candidates' ones are then recomputed in float32). ``ny``/``nf`` are [N].
-    Near-duplicates of the image among its candidates are found by
+    (float32, or bfloat16 read back as float32 when ``screened``). ``ny``/``nf``
+    are [N]. Near-duplicates of the image among its candidates are found by
     :func:`_exclusion_mask`, with the ``checks`` closest candidates re-checked
-    by the exact distance. Returns ``(indices into the dictionary [B, k],
+    by the exact distance (with a bfloat16 screen its approximate distances
+    get the screen's rounding as extra margin). With a bfloat16 screen the
+    first greedy step is decided in float32 among the image's ``rescored``
+    best eligible candidates by the screen's score: their inner products are
+    recomputed exactly and the step's argmax is taken over them only (the
+    exact winner is missed only if ``rescored`` candidates tie with it within
+    the screen's rounding). Later steps compute every candidate's inner
+    products in float32. Returns ``(indices into the dictionary [B, k],
     coef_label, coef_feature)`` as :func:`_greedy`.
     """
     weights = (lam_l, lam_f, threshold, balance, ridge, skip_label, skip_feature)
@@ -181,19 +195,29 @@ def _candidate_search(y, f, dy, df, ny, nf, inner_l0, inner_f0, lam_l, lam_f, th
     score0 = _scores(inner_l0, inner_f0, ny[None, :], nf[None, :], everything, lam_l, lam_f, balance)
     _, cand = tf.math.top_k(score0, k=m)                           # [B, M]
     cy, cf = tf.gather(dy, cand), tf.gather(df, cand)              # [B, M, C], [B, M, E]
-    if exact_first:   # the candidates' first-step inner products in float32
-        c_inner_l0, c_inner_f0 = tf.linalg.matvec(cy, y), tf.linalg.matvec(cf, f)
-    else:
-        c_inner_l0 = tf.gather(inner_l0, cand, batch_dims=1)
-        c_inner_f0 = tf.gather(inner_f0, cand, batch_dims=1)
-    c_nf = tf.gather(nf, cand)
+    c_inner_l0 = tf.gather(inner_l0, cand, batch_dims=1)
+    c_inner_f0 = tf.gather(inner_f0, cand, batch_dims=1)
+    c_ny, c_nf = tf.gather(ny, cand), tf.gather(nf, cand)
     # near-duplicates of the image among its candidates
+    # bfloat16 screen: |error of <q, a>| <= 2^-8 |q| |a| <= 2^-9 (|q|^2 + |a|^2), the distance's 2^-8 of that
+    slack = 1e-3 + (2.0 ** -8 if screened else 0.0)
     eligible = ~_exclusion_mask(f, tf.reduce_sum(tf.square(f), axis=1), c_nf, c_inner_f0,
-                                lambda near: tf.gather(cf, near, batch_dims=1), dedup_tol, checks)
+                                lambda near: tf.gather(cf, near, batch_dims=1), dedup_tol, checks, slack)
+    pool = None
+    if screened:   # the first step in float32 over the `rescored` best eligible candidates
+        neg_inf = tf.constant(float("-inf"), tf.float32)
+        screen_score = _scores(c_inner_l0, c_inner_f0, c_ny, c_nf, eligible, lam_l, lam_f, balance)
+        _, best = tf.math.top_k(tf.where(eligible, screen_score, neg_inf), k=rescored)   # [B, R]
+        exact_l = tf.einsum("brc,bc->br", tf.gather(cy, best, batch_dims=1), y)
+        exact_f = tf.einsum("bre,be->br", tf.gather(cf, best, batch_dims=1), f)
+        hit = tf.one_hot(best, tf.shape(cand)[1], dtype=tf.float32)             # [B, R, M]
+        pool = tf.reduce_any(hit > 0, axis=1)
+        c_inner_l0 = tf.where(pool, tf.einsum("br,brm->bm", exact_l, hit), c_inner_l0)
+        c_inner_f0 = tf.where(pool, tf.einsum("br,brm->bm", exact_f, hit), c_inner_f0)
     indices, coef_l, coef_f = _greedy(
         y, f, lambda r: tf.linalg.matvec(cy, r), lambda r: tf.linalg.matvec(cf, r),
         lambda i: (tf.gather(cy, i, batch_dims=1), tf.gather(cf, i, batch_dims=1)),
-        tf.gather(ny, cand), c_nf, eligible, m, k, c_inner_l0, c_inner_f0, weights)
+        c_ny, c_nf, eligible, m, k, c_inner_l0, c_inner_f0, weights, first_pool=pool)
     indices = tf.where(indices >= 0, tf.gather(cand, tf.maximum(indices, 0), batch_dims=1),
                        -tf.ones_like(indices))
     return indices, coef_l, coef_f
@@ -297,9 +321,15 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
             the M candidates (and the near-duplicate candidates). bfloat16
             runs those two matmuls at the CPU's BF16 rate (AVX512-BF16/AMX;
             about 2x float32 here) and rounds the scores to ~3 significant
-            digits, which can only swap candidates near the M-th score; the
-            candidates' scores, every greedy step, the duplicate check and
-            the least-squares refits stay float32.
+            digits, which can swap candidates near the M-th score. The first
+            greedy step is then decided among the image's
+            :data:`FIRST_STEP_RESCORED` best eligible candidates by the
+            screen, re-scored in float32 (exact unless that many candidates
+            tie with the winner within the rounding; the other candidates'
+            first scores stay rounded: only ``balance``'s maxima use them), the
+            near-duplicate rule's approximate distances get the rounding
+            (2^-8 of ``|q|^2 + |a|^2``) as extra margin, and steps 2..k, the
+            exact duplicate check and the least-squares refits are float32.
         dict_screen: optional ``(dict_labels, dict_features)`` already cast
             to ``screen_dtype`` (a cached dictionary casts them once).
 
@@ -388,9 +418,10 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
                 tf.cast(dedup_tol, tf.float32))
         m = prefilter if n_static is not None else tf.minimum(prefilter, n)
         checks = min(int(dedup_candidates), prefilter)
+        rescored = min(FIRST_STEP_RESCORED, prefilter)
         if n_static is None:
-            checks = tf.minimum(checks, m)
-        indices, coef_l, coef_f = _candidate_search(*args, m, checks, *static)
+            checks, rescored = tf.minimum(checks, m), tf.minimum(rescored, m)
+        indices, coef_l, coef_f = _candidate_search(*args, m, checks, rescored, *static)
     num_selected = tf.reduce_sum(tf.cast(indices >= 0, tf.int32), axis=1)
     return (tf.stop_gradient(indices), tf.stop_gradient(coef_l),
             tf.stop_gradient(coef_f), tf.stop_gradient(num_selected))

@@ -142,3 +142,29 @@ def test_screen_dtype_without_prefilter_is_refused(toy_store, tmp_path):
     task = toy_task(toy_store, tmp_path, "imcl", task=dict(imcl_prefilter_dtype="bfloat16"))
     with pytest.raises(ValueError, match="--imcl-prefilter-dtype bfloat16: applies to the pre-filter"):
         task.check()
+
+
+def test_bfloat16_screen_decides_the_first_step_in_float32():
+    """Six atoms whose first scores differ by ~1e-4 relative (below bfloat16's ~4e-3 resolution), M = 30 of 40
+    candidates: the first atom is still exact OMP's, because the best candidates by the rounded screen are
+    re-scored in float32 (FIRST_STEP_RESCORED); the rounded scores alone pick another atom for some images."""
+    import mll_tf.ops.omp as omp
+
+    rng = np.random.default_rng(5)
+    b, n, c, e = 8, 40, 6, 64
+    base = rng.normal(size=e)
+    df = rng.normal(size=(n, e))
+    df[:6] = base + 1e-3 * rng.normal(size=(6, e))              # six near-ties (fewer than FIRST_STEP_RESCORED)
+    qf = base + 1e-2 * rng.normal(size=(b, e))
+    dy, qy = np.zeros((n, c)), np.zeros((b, c))
+    dy[:, 0], qy[:, 0] = 1.0, 1.0                                 # equal label terms for every atom
+    qy, qf, dy, df = (a.astype(np.float32) for a in (qy, qf, dy, df))
+    kw = dict(k=2, lambda_label=1.0, lambda_feature=0.5, threshold=1e-9)
+    exact = batched_omp(qy, qf, dy, df, **kw)[0].numpy()
+    pre = batched_omp(qy, qf, dy, df, prefilter=30, screen_dtype="bfloat16", **kw)[0].numpy()
+    assert omp.FIRST_STEP_RESCORED < 30
+    np.testing.assert_array_equal(pre[:, 0], exact[:, 0])
+    rounded = lambda x: tf.cast(tf.cast(x, tf.bfloat16), tf.float32).numpy().astype(np.float64)
+    a, bb = rounded(qy) @ rounded(dy).T, rounded(qf) @ rounded(df).T
+    screen = (a ** 2 / (dy.astype(np.float64) ** 2).sum(1) + 0.5 * bb ** 2 / (df.astype(np.float64) ** 2).sum(1))
+    assert np.any(np.argmax(screen, axis=1) != exact[:, 0])
