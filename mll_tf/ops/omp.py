@@ -199,7 +199,7 @@ def _candidate_search(y, f, dy, df, ny, nf, inner_l0, inner_f0, lam_l, lam_f, th
     c_inner_f0 = tf.gather(inner_f0, cand, batch_dims=1)
     c_ny, c_nf = tf.gather(ny, cand), tf.gather(nf, cand)
     # near-duplicates of the image among its candidates
-    # bfloat16 screen: |error of <q, a>| <= 2^-8 |q| |a| <= 2^-9 (|q|^2 + |a|^2), the distance's 2^-8 of that
+    # bfloat16 screen: |error of <q, a>| <= 2^-8 |q| |a| <= 2^-9 scale, so the distance's error <= 2^-8 scale
     slack = 1e-3 + (2.0 ** -8 if screened else 0.0)
     eligible = ~_exclusion_mask(f, tf.reduce_sum(tf.square(f), axis=1), c_nf, c_inner_f0,
                                 lambda near: tf.gather(cf, near, batch_dims=1), dedup_tol, checks, slack)
