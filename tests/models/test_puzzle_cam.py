@@ -183,6 +183,9 @@ def test_serialisation_round_trip(tmp_path):
 def test_puzzle_cam_parameter_groups_scale_and_decay_the_gradients():
     """--param-groups puzzle_cam with plain SGD: w <- w - lr k (g + l2 w), k = 1 (backbone kernels, BN gamma;
     L2), 2 (backbone biases, BN beta; no L2), 10 (classifier; L2) -- Puzzle-CAM's four groups."""
+    # the classifier's initial weights: unseeded they depended on earlier tests, and with some of them the conv
+    # bias (before the BN) got a gradient below the threshold; seed 5 gives every group one above 1e-3
+    keras.utils.set_random_seed(5)
     inp = keras.Input((None, None, 3))
     h = keras.layers.Conv2D(4, 4, strides=4, name="conv",
                             kernel_initializer=keras.initializers.RandomNormal(0.0, 0.05, seed=1),
