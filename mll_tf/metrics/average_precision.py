@@ -233,7 +233,6 @@ def _masked_ap_block(ws, s, y, smin, smax):
     # pure buckets: every entry of the bucket ties with the positive
     pgp = pg[pure]
     colp = pcol[pure]
-    cum_p = cnt[pgp]
     prev = cnt[pgp - 1]
     prev[(pgp % nb) == 0] = 0
     k_ge = k_tot[colp] - (prev & _LOW32)      # known with score >= s_j

@@ -33,9 +33,6 @@ from keras import ops
 
 from mll_tf import labels as mll_labels
 from mll_tf.graphs.label_graph import identity_graph, preprocess_graph
-from mll_tf.losses.imcl_loss import (IMCLLoss, calibrate_lambdas,
-                                     masked_logistic_loss)
-from mll_tf.ops.omp import batched_omp
 
 #: Upper clip of the clamped targets (reference ``upper_bound``).
 TARGET_UPPER_BOUND = 10.0

@@ -35,7 +35,6 @@ GLOBAL batch (counts all-reduced), so 2 replicas give the 1-replica loss.
 """
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from mll_tf.ops.keypoints import STRATEGIES, crop_windows, grid_windows, keypoints
