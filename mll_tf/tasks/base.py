@@ -248,6 +248,27 @@ class Task:
             raise MissingFeaturesError(f"no {split!r} features at {path}; make them with:\n    {cmd}{note}")
         return read_manifest(path)
 
+    def feature_store_identity(self):
+        """Which extraction of each split this run reads: recorded in ``run_info.json``, checked by ``--resume``.
+
+        Returns:
+            None when the run trains on images (``--finetune``), else dict
+            split -> ``{"created": str (the manifest's first-save time),
+            "num_examples": int, "num_bytes": int (its shards)}``. A new
+            extraction into the same folder changes ``created``.
+
+        Raises:
+            MissingFeaturesError: a split has no feature store.
+        """
+        if self.run.finetune:
+            return None
+        out = {}
+        for split in ("train", "val", "test"):
+            m = self.read_manifest(split)
+            out[split] = {"created": m.created, "num_examples": int(m.num_examples),
+                          "num_bytes": int(sum(int(sh.get("num_bytes", 0)) for sh in m.shards))}
+        return out
+
     def prepare(self, run_dir, resume=False):
         """Read what training needs, before the model is built; writes nothing.
 

@@ -17,7 +17,8 @@
 Run directory::
 
     config.yaml            the resolved configuration (load it with --config)
-    run_info.json          versions of Python/TF/Keras/NumPy, git commit, command
+    run_info.json          versions of Python/TF/Keras/NumPy, git commit, command, and which
+                           extraction of the feature store it reads (checked by --resume)
     best.keras, last.keras the model selected by --monitor, and the last one
     history.csv            one row per round (fractions, not percent)
     final_metrics.json     the last round's metrics
@@ -34,7 +35,8 @@ import sys
 
 from mll_tf.training.config import config_to_dict
 
-__all__ = ["RESUMABLE_RUN_FIELDS", "RunDirectoryError", "check_resume", "fit_task", "run_info"]
+__all__ = ["RESUMABLE_RUN_FIELDS", "RunDirectoryError", "check_resume", "check_same_features", "fit_task",
+           "run_info"]
 
 
 def _git_commit():
@@ -159,6 +161,37 @@ def check_resume(task, run_dir):
             f"start a new run with another --run-dir (or --overwrite this one).")
 
 
+def check_same_features(task, run_dir, store):
+    """Refuse, before anything is written, a resume on features extracted again since the run started.
+
+    ``store`` is ``task.feature_store_identity()``; it is compared with the
+    one ``<run_dir>/run_info.json`` recorded (runs started before it was
+    recorded, and runs on images, are not checked). A resumed run on a new
+    extraction would mix two sets of features in one model and one history.
+
+    Raises:
+        RunDirectoryError: naming the splits, the run's and the store's extraction times.
+    """
+    import json
+
+    from mll_tf.data import fs
+
+    path = os.path.join(run_dir, "run_info.json")
+    if store is None or not fs.isfile(path):
+        return
+    with fs.open_file(path, "r") as f:
+        saved = json.load(f).get("feature_store")
+    if not saved:
+        return
+    changed = [f"{split} (the run used the extraction of {saved[split].get('created')}, the store now holds "
+               f"{now['created']})" for split, now in store.items() if split in saved and saved[split] != now]
+    if changed:
+        raise RunDirectoryError(
+            f"--resume: the features in {os.path.dirname(task.features_dir('train'))} were extracted again "
+            f"since {run_dir} started: {'; '.join(changed)}. A resumed run would mix two extractions; start a new "
+            f"run (--overwrite, or another --run-dir).")
+
+
 def _recreate_models(task, model, run_dir, state, backup_dir):
     """``--resume``: re-create ``best.keras`` / ``last.keras`` that are missing or unreadable.
 
@@ -255,6 +288,9 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
     task.check()
     recipe.check_recipe(task)
     policy = check_precision(run.precision, task)   # --precision: refused before anything is written
+    store = task.feature_store_identity()
+    if resume:
+        check_same_features(task, run_dir, store)
     distribute.check_data_service(run.data_service)
     strategy = distribute.make_strategy(run.cpu_replicas, run.distribution)
     chief = distribute.is_chief(strategy)
@@ -292,7 +328,7 @@ def fit_task(task, *, resume=False, overwrite=False, verbose="auto", config_sour
     fs.makedirs(run_dir)
     task.save_run_files(run_dir)
     _save_config(task, run_dir)
-    write_json(os.path.join(run_dir, "run_info.json"), run_info(config_source))
+    write_json(os.path.join(run_dir, "run_info.json"), dict(run_info(config_source), feature_store=store))
 
     if run.deterministic:   # process-wide; ops without a deterministic kernel then raise instead of varying
         tf.config.experimental.enable_op_determinism()

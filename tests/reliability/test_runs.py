@@ -156,3 +156,31 @@ def test_missing_store_names_a_runnable_command_and_creates_nothing(tmp_path, ca
     assert build_tfrecords.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "/path/to/nus_wide" in err[0]
+
+
+def test_resume_on_a_new_extraction_is_refused(tmp_path, capsys):
+    """A run resumed after its features were extracted again into the same folder would mix two extractions in one
+    model and one history: refused with one line naming the splits, nothing written; a new run is allowed."""
+    from tests.helpers import write_toy_store
+
+    root = tmp_path / "features"
+    write_toy_store(root, names=["cat", "dog", "car", "tree", "boat"])
+    run_dir = tmp_path / "run"
+    argv = ["--method", "ignore", "--dataset", "toy", "--input-size", "8", "--features-root", str(root),
+            "--run-dir", str(run_dir), "--batch-size", "16", "--no-progress"]
+    assert train.main(argv + ["--epochs", "1"]) == 0
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert set(info["feature_store"]) == {"train", "val", "test"}
+    assert train.main(argv + ["--epochs", "2", "--resume"]) == 0          # the same store: the resume continues
+    import shutil
+
+    shutil.rmtree(root / "toy")                                              # extracted again, other features
+    write_toy_store(root, names=["cat", "dog", "car", "tree", "boat"], seed=1)
+    files = {f: (run_dir / f).read_bytes() for f in ("config.yaml", "history.csv", "run_info.json")}
+    capsys.readouterr()
+    assert train.main(argv + ["--epochs", "3", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "extracted again" in err[0] and "train (the run used the extraction of" in err[0]
+    assert {f: (run_dir / f).read_bytes() for f in files} == files
+    assert [r["epoch"] for r in _rows(run_dir)] == ["1", "2"]
+    assert train.main(argv + ["--epochs", "1", "--overwrite"]) == 0
