@@ -254,17 +254,20 @@ class Task:
         Returns:
             None when the run trains on images (``--finetune``), else dict
             split -> ``{"created": str (the manifest's first-save time),
-            "num_examples": int, "num_bytes": int (its shards)}``. A new
-            extraction into the same folder changes ``created``.
-
-        Raises:
-            MissingFeaturesError: a split has no feature store.
+            "num_examples": int, "num_bytes": int (its shards)}`` for the
+            splits that have a store (some datasets have no test split). A
+            new extraction into the same folder changes ``created``.
         """
+        from mll_tf.data.feature_store import MissingFeaturesError
+
         if self.run.finetune:
             return None
         out = {}
         for split in ("train", "val", "test"):
-            m = self.read_manifest(split)
+            try:
+                m = self.read_manifest(split)
+            except MissingFeaturesError:
+                continue
             out[split] = {"created": m.created, "num_examples": int(m.num_examples),
                           "num_bytes": int(sum(int(sh.get("num_bytes", 0)) for sh in m.shards))}
         return out
