@@ -169,6 +169,12 @@ def check_same_features(task, run_dir, store):
     recorded, and runs on images, are not checked). A resumed run on a new
     extraction would mix two sets of features in one model and one history.
 
+    Args:
+        task: the :class:`mll_tf.tasks.base.Task` being resumed (names the store in the message).
+        run_dir: str, the run directory (local path or any ``tf.io.gfile`` URL).
+        store: dict split -> ``{"created", "num_examples", "num_bytes"}`` or None
+            (:meth:`~mll_tf.tasks.base.Task.feature_store_identity`).
+
     Raises:
         RunDirectoryError: naming the splits, the run's and the store's extraction times.
     """
