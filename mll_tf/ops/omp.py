@@ -187,14 +187,24 @@ def _candidate_search(y, f, dy, df, ny, nf, inner_l0, inner_f0, lam_l, lam_f, th
     recomputed exactly and the step's argmax is taken over them only (the
     exact winner is missed only if ``rescored`` candidates tie with it within
     the screen's rounding). Later steps compute every candidate's inner
-    products in float32. Returns ``(indices into the dictionary [B, k],
+    products in float32 from the candidates' rows, gathered once ([B, M, C + E]);
+    with ``k = 1`` there are no later steps and only the rows a duplicate
+    check, the re-scoring or the chosen atom needs are gathered. Returns ``(indices into the dictionary [B, k],
     coef_label, coef_feature)`` as :func:`_greedy`.
     """
     weights = (lam_l, lam_f, threshold, balance, ridge, skip_label, skip_feature)
     everything = tf.ones_like(inner_l0, tf.bool)
     score0 = _scores(inner_l0, inner_f0, ny[None, :], nf[None, :], everything, lam_l, lam_f, balance)
     _, cand = tf.math.top_k(score0, k=m)                           # [B, M]
-    cy, cf = tf.gather(dy, cand), tf.gather(df, cand)              # [B, M, C], [B, M, E]
+    cy = cf = None
+    if k > 1:   # steps 2..k score every candidate: gather their rows once
+        cy, cf = tf.gather(dy, cand), tf.gather(df, cand)          # [B, M, C], [B, M, E]
+
+    def rows_l(sel):   # the rows of candidates sel [B, r] -> [B, r, C]
+        return tf.gather(dy, tf.gather(cand, sel, batch_dims=1)) if cy is None else tf.gather(cy, sel, batch_dims=1)
+
+    def rows_f(sel):   # k = 1: gathered from the dictionary, only the rows looked at
+        return tf.gather(df, tf.gather(cand, sel, batch_dims=1)) if cf is None else tf.gather(cf, sel, batch_dims=1)
     c_inner_l0 = tf.gather(inner_l0, cand, batch_dims=1)
     c_inner_f0 = tf.gather(inner_f0, cand, batch_dims=1)
     c_ny, c_nf = tf.gather(ny, cand), tf.gather(nf, cand)
@@ -202,21 +212,21 @@ def _candidate_search(y, f, dy, df, ny, nf, inner_l0, inner_f0, lam_l, lam_f, th
     # bfloat16 screen: |error of <q, a>| <= 2^-8 |q| |a| <= 2^-9 scale, so the distance's error <= 2^-8 scale
     slack = 1e-3 + (2.0 ** -8 if screened else 0.0)
     eligible = ~_exclusion_mask(f, tf.reduce_sum(tf.square(f), axis=1), c_nf, c_inner_f0,
-                                lambda near: tf.gather(cf, near, batch_dims=1), dedup_tol, checks, slack)
+                                rows_f, dedup_tol, checks, slack)
     pool = None
     if screened:   # the first step in float32 over the `rescored` best eligible candidates
         neg_inf = tf.constant(float("-inf"), tf.float32)
         screen_score = _scores(c_inner_l0, c_inner_f0, c_ny, c_nf, eligible, lam_l, lam_f, balance)
         _, best = tf.math.top_k(tf.where(eligible, screen_score, neg_inf), k=rescored)   # [B, R]
-        exact_l = tf.einsum("brc,bc->br", tf.gather(cy, best, batch_dims=1), y)
-        exact_f = tf.einsum("bre,be->br", tf.gather(cf, best, batch_dims=1), f)
+        exact_l = tf.einsum("brc,bc->br", rows_l(best), y)
+        exact_f = tf.einsum("bre,be->br", rows_f(best), f)
         hit = tf.one_hot(best, tf.shape(cand)[1], dtype=tf.float32)             # [B, R, M]
         pool = tf.reduce_any(hit > 0, axis=1)
         c_inner_l0 = tf.where(pool, tf.einsum("br,brm->bm", exact_l, hit), c_inner_l0)
         c_inner_f0 = tf.where(pool, tf.einsum("br,brm->bm", exact_f, hit), c_inner_f0)
     indices, coef_l, coef_f = _greedy(
-        y, f, lambda r: tf.linalg.matvec(cy, r), lambda r: tf.linalg.matvec(cf, r),
-        lambda i: (tf.gather(cy, i, batch_dims=1), tf.gather(cf, i, batch_dims=1)),
+        y, f, lambda r: tf.linalg.matvec(cy, r), lambda r: tf.linalg.matvec(cf, r),   # steps 2..k only
+        lambda i: (rows_l(i), rows_f(i)),
         c_ny, c_nf, eligible, m, k, c_inner_l0, c_inner_f0, weights, first_pool=pool)
     indices = tf.where(indices >= 0, tf.gather(cand, tf.maximum(indices, 0), batch_dims=1),
                        -tf.ones_like(indices))
@@ -277,8 +287,9 @@ def batched_omp(query_labels, query_features, dict_labels, dict_features, k,
     score are 0, as in the reference).
 
     Cost: ``k`` matmuls [B, C] x [C, N] and [B, E] x [E, N] plus O(B k^3)
-    (with ``prefilter``: one such pair, a top-M over [B, N], then ``k``
-    batched matrix-vector products over [B, M, C + E] candidates).
+    (with ``prefilter``: one such pair, a top-M over [B, N], then for
+    ``k > 1`` a gather of the candidates' rows [B, M, C + E] and ``k - 1``
+    batched matrix-vector products over them).
 
     Args:
         query_labels: float [B, C], the clamped predictions y_i of the batch

@@ -16,12 +16,13 @@ def _random_problem(seed=0, b=6, n=40, c=12, e=9):
 
 @pytest.mark.parametrize("screen", ["float32", "bfloat16"])
 @pytest.mark.parametrize("balance", [False, True])
-@pytest.mark.parametrize("m", [40, 64])
-def test_prefilter_covering_the_dictionary_equals_exact(m, balance, screen):
-    """M >= N = 40 candidates: the candidates would be the whole dictionary, so exact OMP runs."""
+@pytest.mark.parametrize("m,k", [(40, 4), (64, 4), (40, 1)])
+def test_prefilter_covering_the_dictionary_equals_exact(m, k, balance, screen):
+    """M >= N = 40 candidates: the candidates would be the whole dictionary, so exact OMP runs (k = 1: the
+    candidates' rows are not gathered in one block)."""
     qy, qf, dy, df = _random_problem()
     qf[2] = df[7]   # an image that is in the dictionary: excluded in both paths
-    kw = dict(k=4, lambda_label=1.0, lambda_feature=0.5, threshold=1e-6, balance=balance)
+    kw = dict(k=k, lambda_label=1.0, lambda_feature=0.5, threshold=1e-6, balance=balance)
     exact = batched_omp(qy, qf, dy, df, **kw)
     pre = batched_omp(qy, qf, dy, df, prefilter=m, screen_dtype=screen, **kw)
     for got, want in zip(pre, exact):
@@ -39,12 +40,13 @@ def _first_scores(qy, qf, dy, df, lam_l=1.0, lam_f=0.5):
 
 
 @pytest.mark.parametrize("screen", ["float32", "bfloat16"])
-def test_prefilter_searches_each_images_own_candidates(screen):
+@pytest.mark.parametrize("k", [3, 1])
+def test_prefilter_searches_each_images_own_candidates(k, screen):
     """M = 6 of 40 atoms: image i's support is exact OMP run on the dictionary restricted to its 6 best atoms
     by the first score (worked out in NumPy), its near-duplicate removed; the first atom is exact OMP's."""
     qy, qf, dy, df = _random_problem(seed=3)
     qf[1] = df[int(np.argmax(_first_scores(qy, qf, dy, df)[1]))]   # image 1 is its own best candidate
-    kw = dict(k=3, lambda_label=1.0, lambda_feature=0.5, threshold=1e-6)
+    kw = dict(k=k, lambda_label=1.0, lambda_feature=0.5, threshold=1e-6)
     m = 6
     exact = batched_omp(qy, qf, dy, df, **kw)[0].numpy()
     pre = batched_omp(qy, qf, dy, df, prefilter=m, screen_dtype=screen, **kw)
@@ -144,7 +146,8 @@ def test_screen_dtype_without_prefilter_is_refused(toy_store, tmp_path):
         task.check()
 
 
-def test_bfloat16_screen_decides_the_first_step_in_float32():
+@pytest.mark.parametrize("k", [2, 1])
+def test_bfloat16_screen_decides_the_first_step_in_float32(k):
     """Six atoms whose first scores differ by ~1e-4 relative (below bfloat16's ~4e-3 resolution), M = 30 of 40
     candidates: the first atom is still exact OMP's, because the best candidates by the rounded screen are
     re-scored in float32 (FIRST_STEP_RESCORED); the rounded scores alone pick another atom for some images."""
@@ -159,7 +162,7 @@ def test_bfloat16_screen_decides_the_first_step_in_float32():
     dy, qy = np.zeros((n, c)), np.zeros((b, c))
     dy[:, 0], qy[:, 0] = 1.0, 1.0                                 # equal label terms for every atom
     qy, qf, dy, df = (a.astype(np.float32) for a in (qy, qf, dy, df))
-    kw = dict(k=2, lambda_label=1.0, lambda_feature=0.5, threshold=1e-9)
+    kw = dict(k=k, lambda_label=1.0, lambda_feature=0.5, threshold=1e-9)
     exact = batched_omp(qy, qf, dy, df, **kw)[0].numpy()
     pre = batched_omp(qy, qf, dy, df, prefilter=30, screen_dtype="bfloat16", **kw)[0].numpy()
     assert omp.FIRST_STEP_RESCORED < 30
