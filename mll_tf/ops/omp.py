@@ -187,10 +187,11 @@ def _candidate_search(y, f, dy, df, ny, nf, inner_l0, inner_f0, lam_l, lam_f, th
     recomputed exactly and the step's argmax is taken over them only (the
     exact winner is missed only if ``rescored`` candidates tie with it within
     the screen's rounding). Later steps compute every candidate's inner
-    products in float32 from the candidates' rows, gathered once ([B, M, C + E]);
-    with ``k = 1`` there are no later steps and only the rows a duplicate
-    check, the re-scoring or the chosen atom needs are gathered. Returns ``(indices into the dictionary [B, k],
-    coef_label, coef_feature)`` as :func:`_greedy`.
+    products in float32 from the candidates' rows, gathered once
+    ([B, M, C + E]); with ``k = 1`` there are no later steps and only the
+    rows a duplicate check, the re-scoring or the chosen atom needs are
+    gathered. Returns ``(indices into the dictionary [B, k], coef_label,
+    coef_feature)`` as :func:`_greedy`.
     """
     weights = (lam_l, lam_f, threshold, balance, ridge, skip_label, skip_feature)
     everything = tf.ones_like(inner_l0, tf.bool)
@@ -200,11 +201,13 @@ def _candidate_search(y, f, dy, df, ny, nf, inner_l0, inner_f0, lam_l, lam_f, th
     if k > 1:   # steps 2..k score every candidate: gather their rows once
         cy, cf = tf.gather(dy, cand), tf.gather(df, cand)          # [B, M, C], [B, M, E]
 
-    def rows_l(sel):   # the rows of candidates sel [B, r] -> [B, r, C]
-        return tf.gather(dy, tf.gather(cand, sel, batch_dims=1)) if cy is None else tf.gather(cy, sel, batch_dims=1)
+    def rows_of(table, block):
+        """sel [B, r] (positions among the candidates) -> their rows: from the block, or (k = 1) the dictionary."""
+        if block is not None:
+            return lambda sel: tf.gather(block, sel, batch_dims=1)
+        return lambda sel: tf.gather(table, tf.gather(cand, sel, batch_dims=1))
 
-    def rows_f(sel):   # k = 1: gathered from the dictionary, only the rows looked at
-        return tf.gather(df, tf.gather(cand, sel, batch_dims=1)) if cf is None else tf.gather(cf, sel, batch_dims=1)
+    rows_l, rows_f = rows_of(dy, cy), rows_of(df, cf)
     c_inner_l0 = tf.gather(inner_l0, cand, batch_dims=1)
     c_inner_f0 = tf.gather(inner_f0, cand, batch_dims=1)
     c_ny, c_nf = tf.gather(ny, cand), tf.gather(nf, cand)
